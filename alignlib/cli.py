@@ -1,0 +1,99 @@
+"""Command line: `python -m alignlib {train,evaluate,build-pocket} [flags]`.
+
+`train` takes every field of `TrainConfig` as a flag (the same dataclass the
+notebooks build), e.g.
+
+    python -m alignlib train --method dpo --world reviews --model pocket \
+        --learning_rate 2e-4 --max_steps 150 --output_dir runs/dpo
+
+and evaluates the result on the world's gold judgement unless --no_eval.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+from .config import TrainConfig
+
+
+@dataclass
+class EvalConfig:
+    model: str = field(default="pocket", metadata={"help": "policy to evaluate: a folder, hub id or 'pocket'"})
+    reference: str = field(default="pocket", metadata={"help": "reference policy (win rate and KL are against it)"})
+    world: str = field(default="reviews", metadata={"help": "world whose gold judgement scores the samples"})
+    samples_per_prompt: int = field(default=4, metadata={"help": "samples per eval prompt"})
+    max_new_tokens: int = field(default=32, metadata={"help": "tokens per sampled completion"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+
+@dataclass
+class TrainOnlyFlags:
+    no_eval: bool = field(default=False, metadata={"help": "skip the gold evaluation after training"})
+    eval_samples_per_prompt: int = field(default=4, metadata={"help": "samples per eval prompt after training"})
+
+
+def _parser(*dataclasses_):
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(dataclasses_)
+
+
+def _evaluate(policy, reference, tokenizer, world_name, samples_per_prompt, max_new_tokens, seed):
+    from .evaluate import evaluate_policy
+    from .worlds import get_world
+
+    result = evaluate_policy(policy, reference, tokenizer, get_world(world_name), samples_per_prompt=samples_per_prompt,
+                             max_new_tokens=max_new_tokens, seed=seed)
+    return result.as_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+    from .models import ModelLoadError
+    from .train import NonFiniteLossError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = ("train", "evaluate", "build-pocket")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        print(f"\ncommands: {', '.join(commands)}; add --help after a command for its flags")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in commands:
+        print(f"error: unknown command {command!r}; valid commands: {', '.join(commands)}", file=sys.stderr)
+        return 2
+    try:
+        if command == "train":
+            from .train import train
+
+            config, flags = _parser(TrainConfig, TrainOnlyFlags).parse_args_into_dataclasses(rest)
+            result = train(config)
+            print(json.dumps({"final": result.history[-1]}, indent=1))
+            if not flags.no_eval:
+                metrics = _evaluate(result.model, result.reference.model or result.reference, result.tokenizer,
+                                    config.world, flags.eval_samples_per_prompt, config.max_new_tokens, config.seed)
+                (result.output_dir / "eval.json").write_text(json.dumps(metrics, indent=1))
+                print(json.dumps({"eval": metrics}, indent=1))
+        elif command == "evaluate":
+            from .models import load_tokenizer_and_model
+
+            (cfg,) = _parser(EvalConfig).parse_args_into_dataclasses(rest)
+            policy, tokenizer = load_tokenizer_and_model(cfg.model, cfg.world)
+            reference, _ = load_tokenizer_and_model(cfg.reference, cfg.world)
+            print(json.dumps(_evaluate(policy, reference, tokenizer, cfg.world, cfg.samples_per_prompt,
+                                       cfg.max_new_tokens, cfg.seed), indent=1))
+        else:
+            from .pocket import load_pocket, pocket_dir
+
+            world = rest[rest.index("--world") + 1] if "--world" in rest else "reviews"
+            from .worlds import get_world
+
+            get_world(world)  # validates the name
+            load_pocket(world)
+            print(pocket_dir(world))
+    except (ValueError, DataError, ModelLoadError, NonFiniteLossError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

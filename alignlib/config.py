@@ -1,0 +1,95 @@
+"""`TrainConfig`: the one configuration of a training run, shared by the CLI and the notebooks.
+
+Field names follow TRL/transformers (`learning_rate`, `beta`,
+`per_device_train_batch_size`, ...). The CLI parses it with
+`transformers.HfArgumentParser`; a notebook builds it directly. Each field's
+help text lives once, in its metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+def _help(text: str, default=dataclasses.MISSING, **kw):
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    method: str = _help("training method; see alignlib.methods.METHODS (e.g. sft, dpo)", "dpo")
+    world: str = _help("pocket world: gives the pocket model, generated data and gold judgement", "reviews")
+    model: str = _help("'pocket' (SFT pocket model of --world), 'pocket-base', a Hugging Face id or a local folder",
+                       "pocket")
+    dataset: Optional[str] = _help(
+        "local .json/.jsonl file in TRL columns (prompt/chosen/rejected for pairs, prompt/completion for sft); "
+        "default: generate data from --world", None)
+    output_dir: str = _help("folder for checkpoints, the final model and the log", "runs/alignlib")
+    seed: int = _help("seed of initialisation, data order, generated data and sampling", 0)
+
+    # optimisation
+    max_steps: int = _help("optimizer steps", 200)
+    learning_rate: float = _help("peak learning rate of AdamW", 1e-4)
+    lr_scheduler_type: str = _help("transformers scheduler name: constant, linear, cosine, ...", "constant")
+    warmup_steps: int = _help("linear warm-up steps", 0)
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    max_grad_norm: float = _help("gradient clipping norm (0 = off)", 1.0)
+    per_device_train_batch_size: int = _help("examples (pairs for DPO) per process per micro-step", 16)
+    gradient_accumulation_steps: int = _help("micro-steps per optimizer step", 1)
+    max_prompt_length: int = _help("prompts longer than this (tokens) are refused", 64)
+    max_completion_length: int = _help("completions longer than this (tokens) are truncated, with a warning", 64)
+
+    # method parameters
+    beta: float = _help("KL strength β of DPO-style losses (DPO paper; TRL default 0.1)", 0.1)
+    label_smoothing: float = _help("conservative DPO: assumed probability ε that a label is flipped", 0.0)
+
+    # data generated from the world (when --dataset is not given)
+    num_examples: int = _help("pairs (or SFT demonstrations) generated from --world", 2048)
+    label_noise: float = _help("probability that the gold oracle's label is flipped", 0.0)
+    max_new_tokens: int = _help("tokens sampled per completion when generating data", 32)
+
+    # checkpoints and logging
+    save_steps: int = _help("save a checkpoint every N steps (0: only at the end)", 50)
+    save_total_limit: int = _help("checkpoints kept (oldest deleted first)", 2)
+    resume: bool = _help("resume from the latest checkpoint in output_dir if there is one", True)
+    overwrite_output_dir: bool = _help("delete output_dir's checkpoints and start afresh", False)
+    logging_steps: int = _help("print metrics every N steps (they are recorded every step)", 25)
+    progress: bool = _help("show a tqdm progress bar", True)
+
+    # scaling
+    lora: bool = _help("train LoRA adapters (peft) instead of all weights; the base is the reference", False)
+    lora_r: int = _help("LoRA rank", 8)
+    lora_alpha: int = _help("LoRA alpha", 16)
+    load_in_4bit: bool = _help("load the base model in 4-bit NF4 (bitsandbytes, CUDA only; QLoRA with --lora)", False)
+    bf16: bool = _help("bfloat16 mixed precision", False)
+    gradient_checkpointing: bool = _help("recompute activations in backward to save memory", False)
+    use_cpu: bool = _help("train on CPU even if a GPU is present", False)
+
+    def __post_init__(self):
+        from .methods import METHODS
+        from .worlds import WORLDS
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(sorted(METHODS))}")
+        if self.world not in WORLDS:
+            raise ValueError(f"unknown world {self.world!r}; valid worlds: {', '.join(sorted(WORLDS))}")
+        for name in ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "max_prompt_length", "max_completion_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.load_in_4bit and not self.lora:
+            raise ValueError("--load_in_4bit trains LoRA adapters on a frozen 4-bit base (QLoRA); add --lora")
+
+    # fields that may change between an interrupted run and its resumption
+    RESUMABLE_CHANGES = ("max_steps", "save_steps", "save_total_limit", "resume", "logging_steps", "progress",
+                         "overwrite_output_dir", "output_dir", "use_cpu")
+
+    def differences(self, other: dict) -> list[str]:
+        """Return 'name: old → new' for fields that differ from `other` and forbid resuming."""
+        mine = dataclasses.asdict(self)
+        return [f"{k}: {other.get(k)!r} → {v!r}" for k, v in mine.items()
+                if k not in self.RESUMABLE_CHANGES and other.get(k) != v]

@@ -1,0 +1,171 @@
+"""Sampling from a policy: completions with their token ids, best-of-n.
+
+Sampling settings are explicit and default to *pure* sampling (temperature 1,
+no top-k, no top-p): only then are the samples drawn from π itself, which the
+KL estimate and every on-policy method assume. Truncated sampling makes the
+Monte-Carlo KL biased (and famously negative).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .data import encode_prompt
+
+
+@dataclass
+class Samples:
+    """Completions for a list of prompts; row i answers prompts[i]."""
+
+    prompts: list[str]
+    texts: list[str]
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]  # ends with EOS unless the sample hit max_new_tokens
+
+
+@torch.no_grad()
+def sample(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int = 256,
+) -> Samples:
+    """Return one sampled completion per prompt (repeat a prompt to get several).
+
+    Prompts are left-padded for batched generation; the KV cache is on.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prompt_ids = [encode_prompt(tokenizer, p, None) for p in prompts]
+    completion_ids: list[list[int]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompt_ids[start : start + batch_size]
+        width = max(len(p) for p in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, p in enumerate(chunk):
+            input_ids[i, width - len(p):] = torch.tensor(p)
+            attention[i, width - len(p):] = 1
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            do_sample=True,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
+        for row in out[:, width:].tolist():
+            ids = []
+            for t in row:
+                ids.append(t)
+                if t == eos:
+                    break
+            completion_ids.append(ids)
+    texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in completion_ids]
+    if was_training:
+        model.train()
+    return Samples(list(prompts), texts, prompt_ids, completion_ids)
+
+
+def best_of_n(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    n: int,
+    reward_fn: Callable[[Sequence[str], Sequence[str]], Sequence[float]],
+    seed: int | None = None,
+    **sample_kwargs,
+) -> list[str]:
+    """Return, for each prompt, the highest-reward of `n` samples (ties: the first).
+
+    `reward_fn(prompts, responses)` may be a world's `gold_reward` or any
+    learned or programmatic reward. Best-of-n is the simplest alignment lever:
+    no training, only a reward and n times the sampling cost.
+    """
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1, got {n}")
+    repeated = [p for p in prompts for _ in range(n)]
+    s = sample(model, tokenizer, repeated, seed=seed, **sample_kwargs)
+    rewards = list(reward_fn(repeated, s.texts))
+    best = []
+    for i in range(len(prompts)):
+        block = rewards[i * n : (i + 1) * n]
+        j = max(range(n), key=lambda k: block[k])
+        best.append(s.texts[i * n + j])
+    return best
+
+
+def preference_pairs(
+    model,
+    tokenizer,
+    world,
+    prompts: Sequence[str],
+    seed: int,
+    label_noise: float = 0.0,
+    max_new_tokens: int = 32,
+) -> list[dict]:
+    """Return preference rows {prompt, chosen, rejected, chosen_gold, rejected_gold} labelled by the gold oracle.
+
+    Two completions are sampled from `model` for every prompt; the world's
+    oracle draws which one is preferred (Bradley–Terry on gold reward, flipped
+    with probability `label_noise`). Pairs whose two texts are identical carry
+    no preference signal and are dropped.
+    """
+    doubled = [p for p in prompts for _ in range(2)]
+    s = sample(model, tokenizer, doubled, max_new_tokens=max_new_tokens, seed=seed)
+    a, b = s.texts[0::2], s.texts[1::2]
+    prompts = list(prompts)
+    labels = world.prefer(prompts, a, b, seed=seed + 1, label_noise=label_noise)
+    gold_a, gold_b = world.gold_reward(prompts, a), world.gold_reward(prompts, b)
+    rows = []
+    for p, ya, yb, ga, gb, a_wins in zip(prompts, a, b, gold_a, gold_b, labels):
+        if ya == yb or not ya or not yb:
+            continue
+        if a_wins:
+            rows.append({"prompt": p, "chosen": ya, "rejected": yb, "chosen_gold": ga, "rejected_gold": gb})
+        else:
+            rows.append({"prompt": p, "chosen": yb, "rejected": ya, "chosen_gold": gb, "rejected_gold": ga})
+    return rows
+
+
+def world_dataset(config, kind: str, model, tokenizer) -> list[dict]:
+    """Return rows of `kind` generated from `config.world`: demonstrations ("sft") or oracle-labelled pairs ("pairs")."""
+    from .worlds import get_world
+
+    world = get_world(config.world)
+    if kind == "sft":
+        return [{"prompt": ex.prompt, "completion": ex.completion}
+                for ex in world.sft_examples(config.num_examples, seed=config.seed)]
+    if kind == "pairs":
+        train_prompts = world.prompts("train")
+        prompts = [train_prompts[i % len(train_prompts)] for i in range(config.num_examples)]
+        return preference_pairs(model, tokenizer, world, prompts, seed=config.seed, label_noise=config.label_noise,
+                                max_new_tokens=config.max_new_tokens)
+    raise ValueError(f"no generated data of kind {kind!r}")
+
+
+def best_of_n_kl(n: int) -> float:
+    """Return the analytic KL(π_bon ‖ π_ref) = log n − (n − 1)/n of best-of-n (eq-bon-kl).
+
+    Exact when the n samples' rewards are distinct almost surely (continuous
+    reward); an upper bound otherwise (Beirami et al. 2024). In nats.
+    """
+    if n < 1:
+        raise ValueError(f"n must be ≥ 1, got {n}")
+    return math.log(n) - (n - 1) / n

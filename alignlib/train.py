@@ -1,0 +1,246 @@
+"""The one training loop, on `accelerate`, for every method.
+
+    python -m alignlib train ...            one process (CPU or one GPU)
+    accelerate launch script/CLI ...        DDP / FSDP / DeepSpeed by config
+
+A method (alignlib.methods) is a loss on a batch plus the kind of data it
+reads; this loop does the rest: data order, sharding across processes,
+gradient accumulation, clipping, checkpoints and resume, logging.
+
+Invariants (tested): with the same global batch — per-device batch ×
+processes × accumulation — the loss curve is the same for 1 or 2 processes;
+an interrupted run resumed from its checkpoint ends where an uninterrupted one
+does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+from .data import DataError, TokenizedExample, collate_examples, load_rows, tokenize_rows
+from .methods import METHODS, StepContext
+from .models import Reference, add_lora, frozen_copy, load_tokenizer_and_model
+
+STATE_FILE = "trainer_state.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss becomes NaN or infinite; the last good state is saved first."""
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module  # unwrapped policy (a peft model if --lora)
+    tokenizer: Any
+    history: list[dict[str, float]]  # one record per optimizer step
+    output_dir: Path
+    reference: Reference = field(repr=False, default=None)
+    world_size: int = 1  # processes that trained it (DDP)
+
+
+# -------------------------------------------------------------- data order
+class IndexStream:
+    """Deterministic example order: epoch e is a permutation seeded by (seed, e).
+
+    Step s consumes positions [s·G, (s+1)·G) of the concatenated epochs, where
+    G is the global batch. Any step's batch can be recomputed, so resuming
+    needs nothing but the step number, and the order does not depend on the
+    number of processes.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self._cache = n, seed, {}
+
+    def _epoch(self, e: int) -> list[int]:
+        if e not in self._cache:
+            self._cache = {e: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + e)).tolist()}
+        return self._cache[e]
+
+    def take(self, start: int, count: int) -> list[int]:
+        out = []
+        for pos in range(start, start + count):
+            out.append(self._epoch(pos // self.n)[pos % self.n])
+        return out
+
+
+def micro_batch_indices(stream: IndexStream, step: int, micro: int, rank: int, config: TrainConfig, world_size: int):
+    """Return the example indices of one process's micro-batch at (step, micro)."""
+    b, accum = config.per_device_train_batch_size, config.gradient_accumulation_steps
+    global_batch = b * world_size * accum
+    start = step * global_batch + (micro * world_size + rank) * b
+    return stream.take(start, b)
+
+
+# --------------------------------------------------------------- the data
+def prepare_examples(config: TrainConfig, kind: str, tokenizer, policy, dataset=None) -> list[TokenizedExample]:
+    """Return tokenised examples from `dataset` (rows, Dataset or path), `config.dataset`, or the world."""
+    source = dataset if dataset is not None else config.dataset
+    if source is None:
+        from .rollout import world_dataset
+
+        source = world_dataset(config, kind, policy, tokenizer)
+    rows = load_rows(source, kind)
+    return tokenize_rows(rows, tokenizer, kind, config.max_prompt_length, config.max_completion_length)
+
+
+# ----------------------------------------------------------- checkpoints
+def _checkpoints(output_dir: Path) -> list[Path]:
+    found = [p for p in output_dir.glob("checkpoint-*") if (p / STATE_FILE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _save_checkpoint(accelerator, output_dir: Path, step: int, history, config: TrainConfig, scheduler) -> Path:
+    final = output_dir / f"checkpoint-{step}"
+    tmp = output_dir / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        torch.save(scheduler.state_dict(), tmp / "scheduler_alignlib.pt")
+        state = {"step": step, "history": history, "config": dataclasses.asdict(config)}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)  # a checkpoint is either complete or absent
+        for old in _checkpoints(output_dir)[: -config.save_total_limit or None]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ------------------------------------------------------------------- loop
+def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None, dataset=None) -> TrainResult:
+    """Train with `config`; return the trained policy, its tokenizer and the per-step history.
+
+    model/tokenizer: an in-memory policy (default: load `config.model`).
+    reference_model: an in-memory π_ref (default: a frozen copy of the initial policy,
+    or the adapters-off base with --lora). dataset: rows, a `datasets.Dataset`
+    or a path (default: `config.dataset`, else generated from the world).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    method = METHODS[config.method]
+    accelerator = Accelerator(cpu=config.use_cpu or not torch.cuda.is_available(),
+                              mixed_precision="bf16" if config.bf16 else "no")
+    output_dir = Path(config.output_dir)
+    if config.overwrite_output_dir and accelerator.is_main_process and output_dir.exists():
+        for old in output_dir.glob("*checkpoint-*"):
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    set_seed(config.seed)
+
+    # models
+    if model is None:
+        with accelerator.main_process_first():  # the first process builds the pocket cache, the others load it
+            model, tokenizer = load_tokenizer_and_model(config.model, config.world, config.bf16, config.load_in_4bit)
+    elif tokenizer is None:
+        raise ValueError("pass the tokenizer together with an in-memory model")
+    reference = Reference()
+    if method.needs_reference and not config.lora:
+        reference = Reference(reference_model if reference_model is not None else frozen_copy(model))
+    examples = prepare_examples(config, method.data, tokenizer, reference.model or model, dataset)
+    if config.lora:
+        model = add_lora(model, config.lora_r, config.lora_alpha, quantized=config.load_in_4bit)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.learning_rate, weight_decay=config.weight_decay)
+    # The scheduler is stepped by hand once per optimizer step: accelerate's
+    # prepared scheduler would step once per process and change the schedule with the launcher.
+    scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.warmup_steps,
+                              num_training_steps=config.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    reference.to(accelerator.device)
+
+    # resume
+    start_step, history = 0, []
+    ckpts = _checkpoints(output_dir) if config.resume else []
+    if ckpts:
+        state = json.loads((ckpts[-1] / STATE_FILE).read_text())
+        diffs = config.differences(state["config"])
+        if diffs:
+            raise ValueError(
+                f"{output_dir} holds a checkpoint of a different run ({'; '.join(diffs)}). "
+                "Use another --output_dir, or --overwrite_output_dir to start afresh."
+            )
+        accelerator.load_state(str(ckpts[-1]))
+        scheduler.load_state_dict(torch.load(ckpts[-1] / "scheduler_alignlib.pt"))
+        start_step, history = state["step"], state["history"]
+        accelerator.print(f"resumed from {ckpts[-1]} at step {start_step}")
+
+    stream = IndexStream(len(examples), config.seed)
+    ctx = StepContext(model=model, reference=reference, config=config)
+    pad_id = tokenizer.pad_token_id
+    accum, world_size = config.gradient_accumulation_steps, accelerator.num_processes
+    bar = tqdm(total=config.max_steps, initial=start_step, desc=f"{config.method} (seed {config.seed})",
+               disable=not (config.progress and accelerator.is_main_process))
+    for step in range(start_step, config.max_steps):
+        sums: dict[str, float] = {}
+        for micro in range(accum):
+            idx = micro_batch_indices(stream, step, micro, accelerator.process_index, config, world_size)
+            batch = {k: v.to(accelerator.device) for k, v in collate_examples([examples[i] for i in idx], pad_id).items()}
+            sync = micro == accum - 1
+            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
+                with accelerator.autocast():
+                    loss, metrics = method.step(ctx, batch)
+                bad = accelerator.reduce(torch.tensor(0.0 if math.isfinite(loss.item()) else 1.0,
+                                                      device=accelerator.device), "sum")
+                if bad.item() > 0:
+                    path = _save_checkpoint(accelerator, output_dir, step, history, config, scheduler)
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"loss became {loss.item()} at step {step + 1} (micro-batch {micro}); the weights before this "
+                        f"step are saved in {path}. Lower --learning_rate (now {config.learning_rate}), "
+                        "clip gradients (--max_grad_norm) or check the data for empty or degenerate rows."
+                    )
+                accelerator.backward(loss / accum)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / accum
+        if config.max_grad_norm > 0:
+            sums["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm).item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        keys = sorted(sums)
+        mean = accelerator.reduce(torch.tensor([sums[k] for k in keys], device=accelerator.device), "mean")
+        record = {"step": step + 1, **dict(zip(keys, mean.tolist())), "learning_rate": scheduler.get_last_lr()[0]}
+        history.append(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if config.logging_steps and (step + 1) % config.logging_steps == 0:
+            accelerator.print({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+        if config.save_steps and (step + 1) % config.save_steps == 0 and step + 1 < config.max_steps:
+            _save_checkpoint(accelerator, output_dir, step + 1, history, config, scheduler)
+    bar.close()
+
+    if start_step < config.max_steps or not (output_dir / "final").exists():
+        _save_checkpoint(accelerator, output_dir, config.max_steps, history, config, scheduler)
+        unwrapped = accelerator.unwrap_model(model)
+        if accelerator.is_main_process:
+            unwrapped.save_pretrained(output_dir / "final")
+            tokenizer.save_pretrained(output_dir / "final")
+            (output_dir / "history.json").write_text(json.dumps(history, indent=1))
+        accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    return TrainResult(unwrapped, tokenizer, history, output_dir, reference, accelerator.num_processes)
+
+
+__all__ = ["train", "TrainConfig", "TrainResult", "NonFiniteLossError", "DataError", "IndexStream"]

@@ -1,0 +1,114 @@
+"""The `World` interface: prompts, an SFT corpus and programmatic gold judgement.
+
+A world is a synthetic task whose judgement is a program. Everything a chapter
+measures (gold reward, win rate against the SFT policy, fluency) comes from
+here, so a world never looks at a model: it works on plain strings and can
+score the outputs of the pocket model and of a real model alike.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Example:
+    """One supervised example: a prompt and a good completion for it."""
+
+    prompt: str
+    completion: str
+
+
+class World(ABC):
+    """Base class of every synthetic world.
+
+    Subclasses implement the abstract methods; the preference oracle and the
+    split helpers are shared so that every world labels pairs the same way.
+    """
+
+    #: short name used on the command line (`--world NAME`)
+    name: str = ""
+    #: temperature of the Bradley–Terry gold oracle, P(a ≻ b) = σ((r_a − r_b)/T)
+    oracle_temperature: float = 0.25
+
+    # ----------------------------------------------------------------- data
+    @abstractmethod
+    def prompts(self, split: str) -> list[str]:
+        """Return the prompts of `split` ("train" or "eval"); disjoint, fixed."""
+
+    @abstractmethod
+    def sft_examples(self, n: int, seed: int) -> list[Example]:
+        """Return `n` demonstration (prompt, completion) pairs drawn with `seed`."""
+
+    def pretraining_corpus(self, n: int, seed: int) -> list[str]:
+        """Return `n` plain-text documents for language-model pretraining.
+
+        The default uses full demonstrations (prompt followed by completion),
+        so the base model learns the world's language before it learns to
+        answer prompts.
+        """
+        return [f"{ex.prompt} {ex.completion}" for ex in self.sft_examples(n, seed)]
+
+    # ------------------------------------------------------- gold judgement
+    @abstractmethod
+    def gold_reward(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """Return the gold reward of each (prompt, response) pair."""
+
+    @abstractmethod
+    def is_grammatical(self, prompt: str, response: str) -> bool:
+        """Return True when the world's own fluency checker accepts `response`."""
+
+    def preference_probability(
+        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> list[float]:
+        """Return the gold oracle's P(a ≻ b | x) for each triple.
+
+        Bradley–Terry on the gold reward with temperature `oracle_temperature`.
+        Worlds whose preferences are not transitive override this.
+        """
+        ra = self.gold_reward(prompts, responses_a)
+        rb = self.gold_reward(prompts, responses_b)
+        t = self.oracle_temperature
+        return [1.0 / (1.0 + math.exp(-(a - b) / t)) for a, b in zip(ra, rb)]
+
+    def prefer(
+        self,
+        prompts: Sequence[str],
+        responses_a: Sequence[str],
+        responses_b: Sequence[str],
+        seed: int,
+        label_noise: float = 0.0,
+    ) -> list[bool]:
+        """Return sampled labels: True where the oracle prefers a over b.
+
+        Each label is a Bernoulli draw from `preference_probability`; then,
+        with probability `label_noise`, it is flipped (annotator error).
+        """
+        if not 0.0 <= label_noise <= 0.5:
+            raise ValueError(f"label_noise must be in [0, 0.5], got {label_noise}")
+        rng = random.Random(seed)
+        labels = []
+        for p in self.preference_probability(prompts, responses_a, responses_b):
+            label = rng.random() < p
+            if rng.random() < label_noise:
+                label = not label
+            labels.append(label)
+        return labels
+
+    def gold_verdict(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
+        """Return 1 where gold prefers a, 0 where it prefers b, 0.5 on a tie (no sampling)."""
+        ra = self.gold_reward(prompts, responses_a)
+        rb = self.gold_reward(prompts, responses_b)
+        return [1.0 if a > b else 0.0 if a < b else 0.5 for a, b in zip(ra, rb)]
+
+    # ---------------------------------------------------- language feedback
+    def feedback(self, prompt: str, response: str) -> str:
+        """Return one sentence of natural-language critique of `response`.
+
+        Worlds used by the language-feedback chapter implement this.
+        """
+        raise NotImplementedError(f"world {self.name!r} gives no language feedback")
