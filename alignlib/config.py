@@ -46,7 +46,7 @@ class TrainConfig:
     label_smoothing: float = _help("conservative DPO: assumed probability ε that a label is flipped", 0.0)
 
     # data generated from the world (when --dataset is not given)
-    num_examples: int = _help("pairs (or SFT demonstrations) generated from --world", 2048)
+    num_examples: int = _help("pairs (or SFT demonstrations) generated from --world", 4096)
     label_noise: float = _help("probability that the gold oracle's label is flipped", 0.0)
     max_new_tokens: int = _help("tokens sampled per completion when generating data", 32)
 
@@ -54,6 +54,8 @@ class TrainConfig:
     save_steps: int = _help("save a checkpoint every N steps (0: only at the end)", 50)
     save_total_limit: int = _help("checkpoints kept (oldest deleted first)", 2)
     resume: bool = _help("resume from the latest checkpoint in output_dir if there is one", True)
+    resume_from_checkpoint: Optional[str] = _help(
+        "continue from this checkpoint-N folder even if settings changed (e.g. a lower learning rate)", None)
     overwrite_output_dir: bool = _help("delete output_dir's checkpoints and start afresh", False)
     logging_steps: int = _help("print metrics every N steps (they are recorded every step)", 25)
     progress: bool = _help("show a tqdm progress bar", True)
@@ -79,6 +81,9 @@ class TrainConfig:
                      "max_prompt_length", "max_completion_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be ≥ 1 (the latest checkpoint is always kept), got "
+                             f"{self.save_total_limit}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.load_in_4bit and not self.lora:
@@ -86,7 +91,7 @@ class TrainConfig:
 
     # fields that may change between an interrupted run and its resumption
     RESUMABLE_CHANGES = ("max_steps", "save_steps", "save_total_limit", "resume", "logging_steps", "progress",
-                         "overwrite_output_dir", "output_dir", "use_cpu")
+                         "overwrite_output_dir", "output_dir", "use_cpu", "resume_from_checkpoint")
 
     def differences(self, other: dict) -> list[str]:
         """Return 'name: old → new' for fields that differ from `other` and forbid resuming."""

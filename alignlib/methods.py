@@ -24,6 +24,9 @@ class StepContext:
     model: torch.nn.Module
     reference: object  # models.Reference
     config: object  # config.TrainConfig
+    # completion tokens in the global batch / (micro-batches × processes): the normaliser that
+    # makes a token-averaged loss independent of how the global batch is split (set by the loop)
+    tokens_per_micro_batch: float | None = None
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ def _logps(model, batch):
 
 def sft_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     _, token_lp, mask = _logps(ctx.model, batch)
-    return sft_loss(token_lp, mask)
+    return sft_loss(token_lp, mask, num_tokens=ctx.tokens_per_micro_batch)
 
 
 def dpo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:

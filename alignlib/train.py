@@ -106,6 +106,7 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, history, config: 
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()  # every process has written its part (RNG state, shards) before publishing
     if accelerator.is_main_process:
         torch.save(scheduler.state_dict(), tmp / "scheduler_alignlib.pt")
         state = {"step": step, "history": history, "config": dataclasses.asdict(config)}
@@ -113,7 +114,7 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, history, config: 
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)  # a checkpoint is either complete or absent
-        for old in _checkpoints(output_dir)[: -config.save_total_limit or None]:
+        for old in _checkpoints(output_dir)[: -config.save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
@@ -170,19 +171,32 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
 
     # resume
     start_step, history = 0, []
-    ckpts = _checkpoints(output_dir) if config.resume else []
-    if ckpts:
-        state = json.loads((ckpts[-1] / STATE_FILE).read_text())
+    if config.resume_from_checkpoint:
+        ckpt = Path(config.resume_from_checkpoint)
+        if not (ckpt / STATE_FILE).exists():
+            raise ValueError(f"--resume_from_checkpoint {ckpt}: no {STATE_FILE} there; pass a checkpoint-N folder")
+    else:
+        found = _checkpoints(output_dir) if config.resume else []
+        ckpt = found[-1] if found else None
+    if ckpt is not None:
+        state = json.loads((ckpt / STATE_FILE).read_text())
         diffs = config.differences(state["config"])
-        if diffs:
+        if diffs and not config.resume_from_checkpoint:  # an explicit checkpoint may change the recipe on purpose
             raise ValueError(
-                f"{output_dir} holds a checkpoint of a different run ({'; '.join(diffs)}). "
-                "Use another --output_dir, or --overwrite_output_dir to start afresh."
+                f"{output_dir} holds a checkpoint of a different run ({'; '.join(diffs)}). Use another "
+                "--output_dir, --overwrite_output_dir to start afresh, or --resume_from_checkpoint PATH to continue "
+                "from a checkpoint with the new settings."
             )
-        accelerator.load_state(str(ckpts[-1]))
-        scheduler.load_state_dict(torch.load(ckpts[-1] / "scheduler_alignlib.pt"))
+        accelerator.load_state(str(ckpt))
+        scheduler.load_state_dict(torch.load(ckpt / "scheduler_alignlib.pt"))
+        if diffs:  # e.g. a lower learning rate after a divergence
+            scheduler.base_lrs = [config.learning_rate for _ in scheduler.base_lrs]
+            for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+                group["initial_lr"] = config.learning_rate
+                group["lr"] = config.learning_rate * factor(scheduler.last_epoch)
+            accelerator.print(f"continuing from {ckpt} with changed settings: {'; '.join(diffs)}")
         start_step, history = state["step"], state["history"]
-        accelerator.print(f"resumed from {ckpts[-1]} at step {start_step}")
+        accelerator.print(f"resumed from {ckpt} at step {start_step}")
 
     stream = IndexStream(len(examples), config.seed)
     ctx = StepContext(model=model, reference=reference, config=config)
@@ -192,6 +206,13 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
                disable=not (config.progress and accelerator.is_main_process))
     for step in range(start_step, config.max_steps):
         sums: dict[str, float] = {}
+        # Token-averaged losses (SFT) divide by the completion tokens of the whole global batch,
+        # not of each micro-batch, so accumulation and DDP leave the trajectory unchanged.
+        global_idx = [i for m in range(accum) for r in range(world_size)
+                      for i in micro_batch_indices(stream, step, m, r, config, world_size)]
+        ctx.tokens_per_micro_batch = sum(
+            len(c) - (len(examples[i].prompt_ids) == 0) for i in global_idx for c in examples[i].completions
+        ) / (accum * world_size)
         for micro in range(accum):
             idx = micro_batch_indices(stream, step, micro, accelerator.process_index, config, world_size)
             batch = {k: v.to(accelerator.device) for k, v in collate_examples([examples[i] for i in idx], pad_id).items()}
@@ -205,9 +226,11 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
                     path = _save_checkpoint(accelerator, output_dir, step, history, config, scheduler)
                     bar.close()
                     raise NonFiniteLossError(
-                        f"loss became {loss.item()} at step {step + 1} (micro-batch {micro}); the weights before this "
-                        f"step are saved in {path}. Lower --learning_rate (now {config.learning_rate}), "
-                        "clip gradients (--max_grad_norm) or check the data for empty or degenerate rows."
+                        f"the loss became non-finite (NaN or inf) at step {step + 1}, micro-batch {micro}, on "
+                        f"{int(bad.item())} of {world_size} process(es); the weights before this step are saved in "
+                        f"{path}. Continue from there with a lower learning rate (now {config.learning_rate}): "
+                        f"--resume_from_checkpoint {path} --learning_rate <lower>; or clip gradients "
+                        "(--max_grad_norm), or check the data for empty or degenerate rows."
                     )
                 accelerator.backward(loss / accum)
             for k, v in metrics.items():
