@@ -8,6 +8,11 @@ import warnings
 
 
 def quiet_known_noise() -> None:
+    # filters first: importing transformers below may already trigger some of these
+    warnings.filterwarnings("ignore", message=".*Removed shared tensor.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # tqdm.auto in a kernel without ipywidgets falls back to the text bar, which is what the book wants
+    warnings.filterwarnings("ignore", message=".*IProgress not found.*")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # transformers' weight-loading / shard-writing progress bars on every tiny save and load
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -18,7 +23,5 @@ def quiet_known_noise() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
-    # tied embeddings: safetensors drops the duplicate lm_head on save, which is expected
+    # accelerate warns on every save that safetensors dropped the tied lm_head copy, which is expected
     logging.getLogger("accelerate").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*Removed shared tensor.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")

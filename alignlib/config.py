@@ -84,6 +84,10 @@ class TrainConfig:
         if self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be ≥ 1 (the latest checkpoint is always kept), got "
                              f"{self.save_total_limit}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if not 0.0 <= self.label_noise <= 0.5:
+            raise ValueError(f"label_noise must be in [0, 0.5], got {self.label_noise}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.load_in_4bit and not self.lora:

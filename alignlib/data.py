@@ -41,7 +41,10 @@ def _read_json_rows(path: Path) -> list[dict[str, Any]]:
                 raise DataError(f"{path}, line {lineno}: not valid JSON ({exc.msg})") from None
         return rows
     if path.suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
         if isinstance(data, dict) and "data" in data:
             data = data["data"]
         if not isinstance(data, list):

@@ -169,7 +169,8 @@ def build_pocket(world_name: str, config: PocketConfig = PocketConfig(), out_dir
     pre = [TokenizedExample(bos, [encode_completion(tokenizer, d, None)[0]]) for d in docs]
     base_loss = _fit(model, pre, config.pretrain_steps, config, tokenizer.pad_token_id, seed=config.seed)
 
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=out_dir.parent))  # same disk, so the rename is atomic
     model.save_pretrained(tmp / "base")
     tokenizer.save_pretrained(tmp / "base")
 
@@ -189,7 +190,6 @@ def build_pocket(world_name: str, config: PocketConfig = PocketConfig(), out_dir
 
     # Publish atomically: an interrupted build never leaves a half-written cache,
     # and two processes building at once both end with the same complete folder.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(tmp, out_dir)
     except OSError:

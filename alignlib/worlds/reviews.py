@@ -247,6 +247,8 @@ class ReviewsWorld(World):
             if parsed[1] is not None and parsed[1] != item:
                 return f"sentence {i} talks about the {parsed[1]} , not the {item} ."
         s = self.score(prompt, response)["sentiment"]
-        if s <= 0:
+        if s < 0:
             return f"the review is negative ; say what was good about the {item} ."
+        if s == 0:
+            return f"the review is neutral ; say clearly what was good about the {item} ."
         return "the review is positive and fluent ; no change needed ."
