@@ -1,7 +1,8 @@
 """Command line: `python -m alignlib {train,evaluate,build-pocket} [flags]`.
 
 `train` takes every field of `TrainConfig` as a flag (the same dataclass the
-notebooks build), e.g.
+notebooks build), `build-pocket` every field of `PocketConfig` (model size and
+recipe, e.g. --hidden_size 256 --num_hidden_layers 6), e.g.
 
     python -m alignlib train --method dpo --world reviews --model pocket \
         --learning_rate 2e-4 --max_steps 150 --output_dir runs/dpo
@@ -26,6 +27,11 @@ class EvalConfig:
     samples_per_prompt: int = field(default=4, metadata={"help": "samples per eval prompt"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens per sampled completion"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+
+@dataclass
+class PocketTarget:
+    world: str = field(default="reviews", metadata={"help": "world whose pocket model to build (size: see flags)"})
 
 
 @dataclass
@@ -85,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(_evaluate(policy, reference, tokenizer, cfg.world, cfg.samples_per_prompt,
                                        cfg.max_new_tokens, cfg.seed), indent=1))
         else:
-            from .pocket import load_pocket, pocket_dir
-
-            world = rest[rest.index("--world") + 1] if "--world" in rest else "reviews"
+            from .pocket import PocketConfig, load_pocket, pocket_dir
             from .worlds import get_world
 
-            get_world(world)  # validates the name
-            load_pocket(world)
-            print(pocket_dir(world))
+            cfg, pocket = _parser(PocketTarget, PocketConfig).parse_args_into_dataclasses(rest)
+            get_world(cfg.world)  # validates the name
+            load_pocket(cfg.world, config=pocket)
+            path = pocket_dir(cfg.world, pocket)
+            print(f"{path}\n  train from it with: --model {path / 'sft'}")
     except (ValueError, DataError, ModelLoadError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -104,3 +104,18 @@ def test_tiny_dpo_run_succeeds_and_saves_a_loadable_model(tmp_path, pocket_revie
     ids = torch.tensor([tokenizer("review the pizza : the pizza was good .")["input_ids"]])
     with torch.no_grad():
         assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_build_pocket_takes_the_model_size_as_flags(tmp_path):
+    """`build-pocket --hidden_size 32 ...` builds a model of that size into ALIGNLIB_CACHE and names the folder."""
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", ALIGNLIB_CACHE=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "alignlib", "build-pocket", "--world", "reviews", "--hidden_size", "32",
+                           "--num_hidden_layers", "1", "--intermediate_size", "64", "--pretrain_steps", "2",
+                           "--sft_steps", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folder = Path(proc.stdout.split()[0])
+    assert folder.parent == tmp_path
+    config = json.loads((folder / "sft" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]) == (32, 1, 64)
+    proc = run_cli("build-pocket", "--world", "nowhere")
+    assert_clean_error(proc, "unknown world", "reviews")
