@@ -4,8 +4,9 @@
     accelerate launch script/CLI ...        DDP / FSDP / DeepSpeed by config
 
 A method (alignlib.methods) is a loss on a batch plus the kind of data it
-reads; this loop does the rest: data order, sharding across processes,
-gradient accumulation, clipping, checkpoints and resume, logging.
+reads; a batch source (alignlib.batches) serves each process its micro-batches;
+this loop does the rest: gradient accumulation, clipping, checkpoints and
+resume, logging.
 
 Invariants (tested): with the same global batch — per-device batch ×
 processes × accumulation — the loss curve is the same for 1 or 2 processes;
@@ -27,7 +28,8 @@ from typing import Any
 import torch
 
 from .config import TrainConfig
-from .data import DataError, TokenizedExample, collate_examples, load_rows, tokenize_rows
+from .batches import OfflineBatches
+from .data import DataError, TokenizedExample, load_rows, tokenize_rows
 from .methods import METHODS, StepContext
 from .models import Reference, add_lora, frozen_copy, load_tokenizer_and_model
 
@@ -46,39 +48,6 @@ class TrainResult:
     output_dir: Path
     reference: Reference = field(repr=False, default=None)
     world_size: int = 1  # processes that trained it (DDP)
-
-
-# -------------------------------------------------------------- data order
-class IndexStream:
-    """Deterministic example order: epoch e is a permutation seeded by (seed, e).
-
-    Step s consumes positions [s·G, (s+1)·G) of the concatenated epochs, where
-    G is the global batch. Any step's batch can be recomputed, so resuming
-    needs nothing but the step number, and the order does not depend on the
-    number of processes.
-    """
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self._cache = n, seed, {}
-
-    def _epoch(self, e: int) -> list[int]:
-        if e not in self._cache:
-            self._cache = {e: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + e)).tolist()}
-        return self._cache[e]
-
-    def take(self, start: int, count: int) -> list[int]:
-        out = []
-        for pos in range(start, start + count):
-            out.append(self._epoch(pos // self.n)[pos % self.n])
-        return out
-
-
-def micro_batch_indices(stream: IndexStream, step: int, micro: int, rank: int, config: TrainConfig, world_size: int):
-    """Return the example indices of one process's micro-batch at (step, micro)."""
-    b, accum = config.per_device_train_batch_size, config.gradient_accumulation_steps
-    global_batch = b * world_size * accum
-    start = step * global_batch + (micro * world_size + rank) * b
-    return stream.take(start, b)
 
 
 # --------------------------------------------------------------- the data
@@ -198,24 +167,19 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
         start_step, history = state["step"], state["history"]
         accelerator.print(f"resumed from {ckpt} at step {start_step}")
 
-    stream = IndexStream(len(examples), config.seed)
-    ctx = StepContext(model=model, reference=reference, config=config)
-    pad_id = tokenizer.pad_token_id
     accum, world_size = config.gradient_accumulation_steps, accelerator.num_processes
+    batches = OfflineBatches(examples, config.per_device_train_batch_size, accum, world_size,
+                             tokenizer.pad_token_id, config.seed, accelerator.device)
+    ctx = StepContext(model=model, reference=reference, config=config)
     bar = tqdm(total=config.max_steps, initial=start_step, desc=f"{config.method} (seed {config.seed})",
                disable=not (config.progress and accelerator.is_main_process))
     for step in range(start_step, config.max_steps):
         sums: dict[str, float] = {}
         # Token-averaged losses (SFT) divide by the completion tokens of the whole global batch,
         # not of each micro-batch, so accumulation and DDP leave the trajectory unchanged.
-        global_idx = [i for m in range(accum) for r in range(world_size)
-                      for i in micro_batch_indices(stream, step, m, r, config, world_size)]
-        ctx.tokens_per_micro_batch = sum(
-            len(c) - (len(examples[i].prompt_ids) == 0) for i in global_idx for c in examples[i].completions
-        ) / (accum * world_size)
+        ctx.tokens_per_micro_batch = batches.tokens_per_micro_batch(step)
         for micro in range(accum):
-            idx = micro_batch_indices(stream, step, micro, accelerator.process_index, config, world_size)
-            batch = {k: v.to(accelerator.device) for k, v in collate_examples([examples[i] for i in idx], pad_id).items()}
+            batch = batches.micro_batch(step, micro, accelerator.process_index)
             sync = micro == accum - 1
             with (contextlib.nullcontext() if sync else accelerator.no_sync(model)):
                 with accelerator.autocast():
@@ -266,4 +230,4 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
     return TrainResult(unwrapped, tokenizer, history, output_dir, reference, accelerator.num_processes)
 
 
-__all__ = ["train", "TrainConfig", "TrainResult", "NonFiniteLossError", "DataError", "IndexStream"]
+__all__ = ["train", "TrainConfig", "TrainResult", "NonFiniteLossError", "DataError"]
