@@ -44,6 +44,8 @@ class TrainConfig:
     # method parameters
     beta: float = _help("KL strength β of DPO-style losses (DPO paper; TRL default 0.1)", 0.1)
     label_smoothing: float = _help("conservative DPO: assumed probability ε that a label is flipped", 0.0)
+    center_rewards_coefficient: Optional[float] = _help(
+        "reward models: weight of mean((r_w + r_l)²), which keeps rewards centred (TRL's RewardConfig)", None)
 
     # data generated from the world (when --dataset is not given)
     num_examples: int = _help("pairs (or SFT demonstrations) generated from --world", 4096)
@@ -90,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"label_noise must be in [0, 0.5], got {self.label_noise}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.method == "reward" and self.lora:
+            raise ValueError("--lora is not supported with --method reward yet; train the reward model in full")
         if self.load_in_4bit and not self.lora:
             raise ValueError("--load_in_4bit trains LoRA adapters on a frozen 4-bit base (QLoRA); add --lora")
 

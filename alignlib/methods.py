@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .logprobs import sequence_logprobs
-from .losses import dpo_loss, sft_loss
+from .losses import bradley_terry_loss, dpo_loss, sft_loss
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Method:
     data: str  # "sft" or "pairs"
     needs_reference: bool
     step: Callable[[StepContext, dict], tuple[torch.Tensor, dict[str, float]]]
+    model_kind: str = "causal_lm"  # or "reward": a sequence classifier with one output (the scalar reward)
 
 
 def _logps(model, batch):
@@ -57,7 +58,15 @@ def dpo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, flo
     return loss, {"loss": loss.item(), **metrics}
 
 
+def reward_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """Score whole prompt+completion rows (B chosen, then B rejected) and apply the Bradley–Terry loss."""
+    rewards = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    chosen, rejected = rewards.float().chunk(2)
+    return bradley_terry_loss(chosen, rejected, center_rewards_coefficient=ctx.config.center_rewards_coefficient)
+
+
 METHODS: dict[str, Method] = {
     "sft": Method("sft", data="sft", needs_reference=False, step=sft_step),
     "dpo": Method("dpo", data="pairs", needs_reference=True, step=dpo_step),
+    "reward": Method("reward", data="pairs", needs_reference=False, step=reward_step, model_kind="reward"),
 }

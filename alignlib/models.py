@@ -34,10 +34,17 @@ def check_4bit_possible() -> None:
         raise ModelLoadError(f"--load_in_4bit needs bitsandbytes: pip install bitsandbytes ({exc})") from None
 
 
-def load_tokenizer_and_model(name: str, world: str | None, bf16: bool = False, load_in_4bit: bool = False):
-    """Return (model, tokenizer) for a pocket name ("pocket", "pocket-base"), a hub id or a local folder."""
+def load_tokenizer_and_model(name: str, world: str | None, bf16: bool = False, load_in_4bit: bool = False,
+                             kind: str = "causal_lm"):
+    """Return (model, tokenizer) for a pocket name ("pocket", "pocket-base"), a hub id or a local folder.
+
+    kind "reward" loads the same weights as a sequence classifier with one output
+    (a new scalar head on the backbone): the reward model of the RLHF pipeline.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if kind == "reward":
+        return _load_reward_model(name, world, bf16)
     if name in POCKET_NAMES:
         if load_in_4bit:
             check_4bit_possible()
@@ -72,6 +79,30 @@ def load_tokenizer_and_model(name: str, world: str | None, bf16: bool = False, l
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
         raise ModelLoadError(f"tokenizer of {name!r} has neither BOS nor EOS; completions need an EOS token")
+    return model, tokenizer
+
+
+def _load_reward_model(name: str, world: str | None, bf16: bool):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = name
+    if name in POCKET_NAMES:
+        if world is None:
+            raise ModelLoadError(f"model {name!r} is built per world; pass --world (e.g. --world reviews)")
+        from .pocket import load_pocket, pocket_dir
+
+        load_pocket(world)  # builds the cache if needed
+        path = pocket_dir(world) / POCKET_NAMES[name]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, **({"dtype": torch.bfloat16} if bf16 else {}))
+    except OSError as exc:
+        raise ModelLoadError(f"could not load reward model {name!r}: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # the classifier reads the last non-pad token of each row: it must know the pad id
+    model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 

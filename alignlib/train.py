@@ -116,13 +116,20 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
     # models
     if model is None:
         with accelerator.main_process_first():  # the first process builds the pocket cache, the others load it
-            model, tokenizer = load_tokenizer_and_model(config.model, config.world, config.bf16, config.load_in_4bit)
+            model, tokenizer = load_tokenizer_and_model(config.model, config.world, config.bf16, config.load_in_4bit,
+                                                        kind=method.model_kind)
     elif tokenizer is None:
         raise ValueError("pass the tokenizer together with an in-memory model")
     reference = Reference()
     if method.needs_reference and not config.lora:
         reference = Reference(reference_model if reference_model is not None else frozen_copy(model))
-    examples = prepare_examples(config, method.data, tokenizer, reference.model or model, dataset)
+    sampler = reference.model or model
+    if method.model_kind != "causal_lm" and dataset is None and config.dataset is None:
+        # generated data is sampled from the world's policy, which a reward model cannot do
+        with accelerator.main_process_first():
+            sampler, _ = load_tokenizer_and_model(config.model, config.world)
+    examples = prepare_examples(config, method.data, tokenizer, sampler, dataset)
+    del sampler
     if config.lora:
         model = add_lora(model, config.lora_r, config.lora_alpha, quantized=config.load_in_4bit)
     if config.gradient_checkpointing:
