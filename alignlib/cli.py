@@ -77,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
             config, flags = _parser(TrainConfig, TrainOnlyFlags).parse_args_into_dataclasses(rest)
             result = train(config)
             print(json.dumps({"final": result.history[-1]}, indent=1))
-            if not flags.no_eval:
+            from .methods import METHODS
+
+            if METHODS[config.method].model_kind != "causal_lm":
+                print(f"(no gold evaluation: --method {config.method} trains a {METHODS[config.method].model_kind} "
+                      "model, not a policy that can be sampled)")
+            elif not flags.no_eval:
                 metrics = _evaluate(result.model, result.reference.model or result.reference, result.tokenizer,
                                     config.world, flags.eval_samples_per_prompt, config.max_new_tokens, config.seed)
                 (result.output_dir / "eval.json").write_text(json.dumps(metrics, indent=1))

@@ -119,3 +119,13 @@ def test_build_pocket_takes_the_model_size_as_flags(tmp_path):
     assert (config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]) == (32, 1, 64)
     proc = run_cli("build-pocket", "--world", "nowhere")
     assert_clean_error(proc, "unknown world", "reviews")
+
+
+def test_reward_method_trains_a_reward_model_and_skips_policy_evaluation(tmp_path):
+    """`train --method reward` saves a one-output sequence classifier and says why it is not sampled."""
+    proc = run_cli("train", "--method", "reward", "--max_steps", "2", "--num_examples", "64",
+                   "--per_device_train_batch_size", "4", "--output_dir", str(tmp_path / "rm"), "--no_progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no gold evaluation" in proc.stdout
+    config = json.loads((tmp_path / "rm" / "final" / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"] and len(config["id2label"]) == 1
