@@ -224,15 +224,14 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
             _save_checkpoint(accelerator, output_dir, step + 1, history, config, scheduler)
     bar.close()
 
+    unwrapped = accelerator.unwrap_model(model)
     if start_step < config.max_steps or not (output_dir / "final").exists():
         _save_checkpoint(accelerator, output_dir, config.max_steps, history, config, scheduler)
-        unwrapped = accelerator.unwrap_model(model)
         if accelerator.is_main_process:
             unwrapped.save_pretrained(output_dir / "final")
             tokenizer.save_pretrained(output_dir / "final")
             (output_dir / "history.json").write_text(json.dumps(history, indent=1))
         accelerator.wait_for_everyone()
-    unwrapped = accelerator.unwrap_model(model)
     unwrapped.eval()
     return TrainResult(unwrapped, tokenizer, history, output_dir, reference, accelerator.num_processes)
 
