@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):  # lazy: `import alignlib` does not import torch-heavy modules until used
     lazy = {
-        "train": ("train", "train"), "TrainResult": ("train", "TrainResult"),
+        "train": ("loop", "train"), "TrainResult": ("loop", "TrainResult"),
         "load_pocket": ("pocket", "load_pocket"), "get_world": ("worlds", "get_world"),
         "evaluate_policy": ("evaluate", "evaluate_policy"), "sample": ("rollout", "sample"),
         "best_of_n": ("rollout", "best_of_n"),

@@ -58,7 +58,7 @@ def _evaluate(policy, reference, tokenizer, world_name, samples_per_prompt, max_
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .models import ModelLoadError
-    from .train import NonFiniteLossError
+    from .loop import NonFiniteLossError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = ("train", "evaluate", "build-pocket")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if command == "train":
-            from .train import train
+            from .loop import train
 
             config, flags = _parser(TrainConfig, TrainOnlyFlags).parse_args_into_dataclasses(rest)
             result = train(config)

@@ -36,21 +36,35 @@ class TrainConfig:
     warmup_steps: int = _help("linear warm-up steps", 0)
     weight_decay: float = _help("AdamW weight decay", 0.0)
     max_grad_norm: float = _help("gradient clipping norm (0 = off)", 1.0)
-    per_device_train_batch_size: int = _help("examples (pairs for DPO) per process per micro-step", 16)
+    per_device_train_batch_size: int = _help(
+        "examples per process per micro-step: pairs for DPO, prompts for online methods", 16)
     gradient_accumulation_steps: int = _help("micro-steps per optimizer step", 1)
     max_prompt_length: int = _help("prompts longer than this (tokens) are refused", 64)
     max_completion_length: int = _help("completions longer than this (tokens) are truncated, with a warning", 64)
 
     # method parameters
     beta: float = _help("KL strength β of DPO-style losses (DPO paper; TRL default 0.1)", 0.1)
-    label_smoothing: float = _help("conservative DPO: assumed probability ε that a label is flipped", 0.0)
+    loss_type: str = _help("pairwise loss of --method dpo: dpo, ipo, hinge, robust, f_dpo, rpo, sppo_hard, nca_pair, "
+                           "bco_pair, exo_pair, apo_zero, apo_down, asft, cpl (alignlib.losses.PAIRWISE_LOSSES)", "dpo")
+    label_smoothing: float = _help("conservative DPO / robust DPO: assumed probability ε that a label is flipped", 0.0)
+    rpo_alpha: float = _help("RPO: weight α of the chosen completions' NLL added to DPO", 1.0)
+    f_divergence_type: str = _help("f-DPO: reverse_kl (= DPO), forward_kl, js or alpha", "reverse_kl")
+    f_alpha_divergence_coef: float = _help("f-DPO with alpha divergence: α (TRL's convention)", 0.5)
     center_rewards_coefficient: Optional[float] = _help(
         "reward models: weight of mean((r_w + r_l)²), which keeps rewards centred (TRL's RewardConfig)", None)
+
+    # online methods (online_dpo, rloo, grpo): samples drawn from the policy at every step
+    reward: str = _help("online methods: 'gold' (the world's gold reward) or a reward-model folder "
+                        "(alignlib train --method reward ... /final), normalised to mean 0, std 1 under π_ref", "gold")
+    judge: str = _help("online_dpo: 'oracle' (the world's gold preference oracle, with --label_noise) or 'reward' "
+                       "(the higher --reward wins)", "oracle")
+    samples_per_prompt: int = _help("rloo/grpo: completions sampled per prompt (the group size k)", 4)
+    temperature: float = _help("sampling temperature of online methods (1 = sample from π itself)", 1.0)
 
     # data generated from the world (when --dataset is not given)
     num_examples: int = _help("pairs (or SFT demonstrations) generated from --world", 4096)
     label_noise: float = _help("probability that the gold oracle's label is flipped", 0.0)
-    max_new_tokens: int = _help("tokens sampled per completion when generating data", 32)
+    max_new_tokens: int = _help("tokens sampled per completion (generated data and online methods)", 32)
 
     # checkpoints and logging
     save_steps: int = _help("save a checkpoint every N steps (0: only at the end)", 50)
@@ -88,6 +102,23 @@ class TrainConfig:
                              f"{self.save_total_limit}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        from .losses import PAIRWISE_LOSSES
+        from .methods import NEEDS_ONLINE_INPUTS
+
+        if self.loss_type not in PAIRWISE_LOSSES:
+            raise ValueError(f"unknown loss_type {self.loss_type!r}; valid: {', '.join(sorted(PAIRWISE_LOSSES))}")
+        if self.loss_type in NEEDS_ONLINE_INPUTS:
+            raise ValueError(f"loss_type {self.loss_type!r} needs {NEEDS_ONLINE_INPUTS[self.loss_type]}, which an "
+                             "offline pair data set does not have; it runs in the online pair mode")
+        if self.judge not in ("oracle", "reward"):
+            raise ValueError(f"judge must be 'oracle' or 'reward', got {self.judge!r}")
+        if self.samples_per_prompt < 2 and self.method in ("rloo", "grpo"):
+            raise ValueError(f"--method {self.method} compares samples of one prompt: samples_per_prompt must be ≥ 2")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (sampling), got {self.temperature}")
+        if self.f_divergence_type not in ("reverse_kl", "forward_kl", "js", "alpha"):
+            raise ValueError(f"f_divergence_type must be reverse_kl, forward_kl, js or alpha, got "
+                             f"{self.f_divergence_type!r}")
         if not 0.0 <= self.label_noise <= 0.5:
             raise ValueError(f"label_noise must be in [0, 0.5], got {self.label_noise}")
         if self.learning_rate <= 0:

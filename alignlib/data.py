@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-COLUMNS = {"pairs": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion")}
+COLUMNS = {"pairs": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion"), "prompts": ("prompt",)}
 
 
 class DataError(ValueError):
@@ -92,6 +92,11 @@ def load_rows(source: Any, kind: str) -> list[dict[str, str]]:
                 raise DataError(f"{where}, row {i}, column {col!r}: expected a string, got {type(value).__name__}")
             if col != "prompt" and not value.strip():
                 raise DataError(f"{where}, row {i}, column {col!r} is empty; every completion needs text")
+        if kind == "pairs" and row["chosen"] == row["rejected"]:
+            raise DataError(
+                f"{where}, row {i}: chosen and rejected are the same text, which carries no preference (the loss "
+                "would push one sequence up and down at once); drop such rows"
+            )
     return [{c: row[c] for c in required} for row in rows]
 
 

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from .logprobs import sequence_logprobs
-from .losses import bradley_terry_loss, dpo_loss, sft_loss
+from .losses import PAIRWISE_LOSSES, bradley_terry_loss, ppo, sft_loss
 
 
 @dataclass
@@ -32,7 +32,7 @@ class StepContext:
 @dataclass(frozen=True)
 class Method:
     name: str
-    data: str  # "sft" or "pairs"
+    data: str  # "sft", "pairs" (offline) or "online_pairs", "online_groups" (sampled from the policy; alignlib.online)
     needs_reference: bool
     step: Callable[[StepContext, dict], tuple[torch.Tensor, dict[str, float]]]
     model_kind: str = "causal_lm"  # or "reward": a sequence classifier with one output (the scalar reward)
@@ -47,14 +47,44 @@ def sft_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, flo
     return sft_loss(token_lp, mask, num_tokens=ctx.tokens_per_micro_batch)
 
 
+# pairwise losses that need inputs an offline pair batch does not have (samples from π_ref, rewards)
+NEEDS_ONLINE_INPUTS = {"xpo": "samples from π_ref", "selm": "samples from π_ref", "copg": "a reward for each completion"}
+
+
+def pairwise_loss_kwargs(config, chosen_lengths: torch.Tensor, rejected_lengths: torch.Tensor) -> dict:
+    """Return the extra keyword arguments `config.loss_type` takes, from the config and the batch."""
+    name = config.loss_type
+    if name in ("dpo", "robust"):
+        return {"label_smoothing": config.label_smoothing}
+    if name == "exo_pair" and config.label_smoothing > 0:  # EXO needs ε > 0; unset, it keeps its default 1e-3
+        return {"label_smoothing": config.label_smoothing}
+    if name == "rpo":
+        return {"alpha": config.rpo_alpha, "chosen_lengths": chosen_lengths}
+    if name == "f_dpo":
+        return {"divergence": config.f_divergence_type, "alpha": config.f_alpha_divergence_coef}
+    if name == "asft":
+        return {"chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths}
+    return {}
+
+
 def dpo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """Batch rows: B chosen then B rejected (one forward pass for both, as TRL does)."""
-    logps, _, _ = _logps(ctx.model, batch)
+    """Any loss of the DPO family (`config.loss_type`) on a pair batch: B chosen rows then B rejected rows.
+
+    One forward pass for both halves, as TRL does. IPO reads log-probs averaged over
+    completion tokens (TRL's and the IPO paper's length normalisation); the others read sums.
+    """
+    logps, _, mask = _logps(ctx.model, batch)
     with torch.no_grad(), ctx.reference.context(ctx.model) as ref:
         ref_logps, _, _ = _logps(ref, batch)
+    lengths = mask.sum(-1).float()
+    if ctx.config.loss_type == "ipo":
+        logps, ref_logps = logps / lengths.clamp(min=1), ref_logps / lengths.clamp(min=1)
     b = logps.shape[0] // 2
-    loss, metrics = dpo_loss(logps[:b], logps[b:], ref_logps[:b], ref_logps[b:],
-                             beta=ctx.config.beta, label_smoothing=ctx.config.label_smoothing)
+    loss_fn = PAIRWISE_LOSSES[ctx.config.loss_type]
+    loss, metrics = loss_fn(logps[:b], logps[b:], ref_logps[:b], ref_logps[b:], beta=ctx.config.beta,
+                            **pairwise_loss_kwargs(ctx.config, lengths[:b], lengths[b:]))
+    if "scores" in batch:  # online pairs: the reward of what the policy sampled
+        metrics["score"] = batch["scores"].mean().item()
     return loss, {"loss": loss.item(), **metrics}
 
 
@@ -65,8 +95,46 @@ def reward_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, 
     return bradley_terry_loss(chosen, rejected, center_rewards_coefficient=ctx.config.center_rewards_coefficient)
 
 
+def _group_logps(ctx: StepContext, batch: dict):
+    """Return policy (ℓ [N], token log-probs [N, T−1], mask) and reference (ℓ_ref, token log-probs) of a group batch."""
+    logps, token_lp, mask = _logps(ctx.model, batch)
+    with torch.no_grad(), ctx.reference.context(ctx.model) as ref:
+        ref_logps, ref_token_lp, _ = _logps(ref, batch)
+    return logps, token_lp, mask, ref_logps, ref_token_lp
+
+
+def rloo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """RLOO on k samples per prompt: reward = score − β·KL(sequence, k1), leave-one-out baseline (TRL's RLOO)."""
+    logps, token_lp, mask, ref_logps, _ = _group_logps(ctx, batch)
+    kl = (logps - ref_logps).detach()
+    rewards = batch["scores"] - ctx.config.beta * kl
+    advantages = ppo.rloo_advantages(rewards, ctx.config.samples_per_prompt)
+    loss, metrics = ppo.rloo_loss(token_lp, token_lp.detach(), advantages, mask)
+    return loss, {"loss": loss.item(), "score": batch["scores"].mean().item(), "kl": kl.mean().item(),
+                  "reward": rewards.mean().item(), **metrics}
+
+
+def grpo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO on k samples per prompt: group-normalised advantages, per-token k3 KL to π_ref weighted by β.
+
+    The loss is normalised per sequence, then averaged ("grpo", the DeepSeekMath form):
+    unlike TRL's default "dapo" it needs no token count of the whole global batch, so it
+    is the same for any split of the batch over processes and accumulation steps.
+    """
+    logps, token_lp, mask, ref_logps, ref_token_lp = _group_logps(ctx, batch)
+    advantages = ppo.grpo_advantages(batch["scores"], ctx.config.samples_per_prompt)
+    loss, metrics = ppo.grpo_loss(token_lp, token_lp.detach(), advantages, mask, ref_logprobs=ref_token_lp,
+                                  beta=ctx.config.beta, loss_type="grpo")
+    return loss, {"loss": loss.item(), "score": batch["scores"].mean().item(),
+                  "kl": (logps - ref_logps).detach().mean().item(), **metrics}
+
+
 METHODS: dict[str, Method] = {
     "sft": Method("sft", data="sft", needs_reference=False, step=sft_step),
     "dpo": Method("dpo", data="pairs", needs_reference=True, step=dpo_step),
     "reward": Method("reward", data="pairs", needs_reference=False, step=reward_step, model_kind="reward"),
+    # online: the batch source samples from the current policy (alignlib.online)
+    "online_dpo": Method("online_dpo", data="online_pairs", needs_reference=True, step=dpo_step),
+    "rloo": Method("rloo", data="online_groups", needs_reference=True, step=rloo_step),
+    "grpo": Method("grpo", data="online_groups", needs_reference=True, step=grpo_step),
 }

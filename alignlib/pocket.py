@@ -11,7 +11,7 @@ them with `save_pretrained` under
 from disk. Because it is a real `transformers` model, everything downstream —
 `generate`, LoRA, `accelerate`, TRL — treats it like any Hugging Face model.
 
-The build uses its own few-line loop rather than `alignlib.train`: a cached
+The build uses its own few-line loop rather than `alignlib.loop`: a cached
 artefact must come out identical whatever launcher (one process, DDP, a
 notebook) first asked for it, so it is always built in one process.
 """

@@ -14,7 +14,7 @@ import statistics
 
 from alignlib.config import TrainConfig
 from alignlib.evaluate import evaluate_policy
-from alignlib.train import train
+from alignlib.loop import train
 
 # The recipe the README's CLI example uses; lr and data size chosen on seed 0 (see the closing
 # notes of the foundation issue: 2048 pairs / 4.7 epochs over-fit and lost fluency).

@@ -7,7 +7,7 @@ import torch
 
 from alignlib.config import TrainConfig
 from alignlib.models import ModelLoadError, load_tokenizer_and_model
-from alignlib.train import train
+from alignlib.loop import train
 
 
 def test_lora_trains_adapters_only_and_reference_is_the_base(tmp_path, pocket_reviews, reviews_world):

@@ -67,6 +67,13 @@ def test_ensemble_aggregates_order_and_agreement():
     single = torch.randn(1, 5)
     for mode in ("mean", "wco", "uwo"):
         assert torch.allclose(ensemble_reward(single, mode), single[0])
+    # reward-robust mix: λ = 1 is the mean, λ = 0 is WCO, in between it lies between them
+    assert torch.allclose(ensemble_reward(s, "robust", robust_lambda=1.0), mean)
+    assert torch.allclose(ensemble_reward(s, "robust", robust_lambda=0.0), wco)
+    mid = ensemble_reward(s, "robust", robust_lambda=0.3)
+    assert torch.allclose(mid, 0.3 * mean + 0.7 * wco) and torch.all((wco <= mid + 1e-7) & (mid <= mean + 1e-7))
+    with pytest.raises(ValueError, match="robust_lambda"):
+        ensemble_reward(s, "robust", robust_lambda=1.5)
     with pytest.raises(ValueError, match="unknown ensemble mode"):
         ensemble_reward(s, "max")
     with pytest.raises(ValueError, match=r"\[K, B\]"):

@@ -8,7 +8,7 @@ import torch
 from alignlib.config import TrainConfig
 from alignlib.data import collate_examples, tokenize_rows
 from alignlib.rollout import preference_pairs
-from alignlib.train import train
+from alignlib.loop import train
 
 
 def test_reward_mode_learns_gold_preferences(tmp_path, pocket_reviews, reviews_world):

@@ -1,4 +1,4 @@
-"""Invariants of the one training loop (alignlib/train.py).
+"""Invariants of the one training loop (alignlib/loop.py).
 
 * The loss curve and the final weights depend on the global batch only:
   per-device batch × gradient accumulation (one process), and per-device batch
@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from alignlib.config import TrainConfig
-from alignlib.train import NonFiniteLossError, train
+from alignlib.loop import NonFiniteLossError, train
 
 REPO = Path(__file__).resolve().parents[1]
 DDP_SCRIPT = REPO / "tests" / "scripts" / "ddp_train.py"

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from alignlib.config import TrainConfig
-from alignlib.train import train
+from alignlib.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")

@@ -57,7 +57,7 @@ def test_prompt_splits_are_disjoint_and_complete(world):
 
 
 def test_unknown_world_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid worlds: reviews"):
+    with pytest.raises(ValueError, match="valid worlds: intransitive, reviews"):
         get_world("nope")
 
 

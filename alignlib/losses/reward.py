@@ -47,14 +47,19 @@ def bradley_terry_loss(
     return loss, metrics
 
 
-def ensemble_reward(rewards: torch.Tensor, mode: str = "mean", uwo_lambda: float = 0.5) -> torch.Tensor:
+def ensemble_reward(rewards: torch.Tensor, mode: str = "mean", uwo_lambda: float = 0.5,
+                    robust_lambda: float = 0.5) -> torch.Tensor:
     """Return the aggregate reward [B] of an ensemble's rewards [K, B].
 
-        mean:  R̄ = (1/K) Σ_k r_k
-        wco:   R = min_k r_k                              (worst-case optimisation)
-        uwo:   R = R̄ − λ · Var_k(r_k)                      (uncertainty-weighted optimisation)
+        mean:    R̄ = (1/K) Σ_k r_k
+        wco:     R = min_k r_k                              (worst-case optimisation)
+        uwo:     R = R̄ − λ · Var_k(r_k)                      (uncertainty-weighted optimisation)
+        robust:  R = λ_r · R̄ + (1 − λ_r) · min_k r_k        (nominal + worst case)   (eq-robust-reward)
 
-    (Coste et al., "Reward Model Ensembles Help Mitigate Overoptimization".)
+    (Coste et al., "Reward Model Ensembles Help Mitigate Overoptimization";
+    "robust" is the per-sample form of the reward-robust objective of Yan et al.,
+    "Reward-Robust RLHF in LLMs", which mixes nominal and minimum reward; λ_r = 1
+    is the mean, λ_r = 0 is WCO.)
     Var is the population variance (divide by K), as in the paper's best-of-n
     code; it is 0 for K = 1, so UWO then equals the single reward (the
     unbiased estimator would give NaN). λ = 0.5 is that code's best-of-n default.
@@ -67,7 +72,11 @@ def ensemble_reward(rewards: torch.Tensor, mode: str = "mean", uwo_lambda: float
         return rewards.min(0).values
     if mode == "uwo":
         return rewards.mean(0) - uwo_lambda * rewards.var(0, unbiased=False)
-    raise ValueError(f"unknown ensemble mode {mode!r}; use 'mean', 'wco' or 'uwo'")
+    if mode == "robust":
+        if not 0.0 <= robust_lambda <= 1.0:
+            raise ValueError(f"robust_lambda must be in [0, 1], got {robust_lambda}")
+        return robust_lambda * rewards.mean(0) + (1 - robust_lambda) * rewards.min(0).values
+    raise ValueError(f"unknown ensemble mode {mode!r}; use 'mean', 'wco', 'uwo' or 'robust'")
 
 
 def preference_strength(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

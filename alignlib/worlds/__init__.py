@@ -1,9 +1,10 @@
 """Synthetic worlds with programmatic gold judgement; `get_world(name)` builds one."""
 
 from .base import Example, World
+from .intransitive import IntransitiveWorld
 from .reviews import ReviewsWorld
 
-WORLDS: dict[str, type[World]] = {"reviews": ReviewsWorld}
+WORLDS: dict[str, type[World]] = {"reviews": ReviewsWorld, "intransitive": IntransitiveWorld}
 
 
 def get_world(name: str) -> World:
@@ -13,4 +14,4 @@ def get_world(name: str) -> World:
     return WORLDS[name]()
 
 
-__all__ = ["Example", "World", "ReviewsWorld", "WORLDS", "get_world"]
+__all__ = ["Example", "World", "ReviewsWorld", "IntransitiveWorld", "WORLDS", "get_world"]

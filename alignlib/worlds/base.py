@@ -99,6 +99,20 @@ class World(ABC):
             labels.append(label)
         return labels
 
+    def label_accuracy_ceiling(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str],
+                               label_noise: float = 0.0) -> float:
+        """Return the Bayes ceiling: the best expected accuracy any model can reach on labels from `prefer`.
+
+        A label says "a" with probability q = (1 − ε) p + ε (1 − p), where p is
+        `preference_probability` and ε the label noise; no predictor beats
+        guessing the likelier label, right with probability max(q, 1 − q). The
+        ceiling is the mean of that over the pairs: the oracle's own accuracy
+        limit, below 1 because the oracle is stochastic.
+        """
+        ps = self.preference_probability(prompts, responses_a, responses_b)
+        qs = [(1 - label_noise) * p + label_noise * (1 - p) for p in ps]
+        return sum(max(q, 1 - q) for q in qs) / len(qs)
+
     def gold_verdict(self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]) -> list[float]:
         """Return 1 where gold prefers a, 0 where it prefers b, 0.5 on a tie (no sampling)."""
         ra = self.gold_reward(prompts, responses_a)

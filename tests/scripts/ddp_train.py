@@ -1,4 +1,4 @@
-"""Train with `alignlib.train.train` under any launcher; write the history as JSON on the main process.
+"""Train with `alignlib.loop.train` under any launcher; write the history as JSON on the main process.
 
     accelerate launch --multi_gpu --num_processes 2 ... tests/scripts/ddp_train.py OUT.json --flag value ...
     torchrun --nproc_per_node 2 tests/scripts/ddp_train.py OUT.json --flag value ...
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
     from alignlib.config import TrainConfig
-    from alignlib.train import train
+    from alignlib.loop import train
 
     if not argv:
         print(__doc__, file=sys.stderr)

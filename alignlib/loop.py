@@ -62,6 +62,57 @@ def prepare_examples(config: TrainConfig, kind: str, tokenizer, policy, dataset=
     return tokenize_rows(rows, tokenizer, kind, config.max_prompt_length, config.max_completion_length)
 
 
+def online_prompts(config: TrainConfig, dataset=None) -> list[str]:
+    """Return the prompts online methods answer: the `prompt` column of the data, else the world's train split."""
+    source = dataset if dataset is not None else config.dataset
+    if source is None:
+        from .worlds import get_world
+
+        return get_world(config.world).prompts("train")
+    return [row["prompt"] for row in load_rows(source, "prompts")]
+
+
+def resolve_reward(config: TrainConfig, tokenizer, initial_policy, accelerator):
+    """Return the reward function named by `config.reward`: the world's gold reward, or a normalised reward model.
+
+    A reward model is normalised to mean 0 / std 1 under samples of the *initial*
+    policy (π_ref), 8 per train prompt, so the normalisation is the same when a run resumes.
+    """
+    from .worlds import get_world
+
+    world = get_world(config.world)
+    if config.reward == "gold":
+        return world.gold_reward
+    from .reward_model import RewardModel
+    from .rollout import sample
+
+    path = Path(config.reward)
+    if not (path / "config.json").exists():
+        raise ValueError(f"--reward {config.reward}: expected 'gold' or a reward-model folder with a config.json "
+                         "(e.g. the final/ folder of `alignlib train --method reward`)")
+    rm = RewardModel(str(path))
+    rm.model.to(accelerator.device)
+    norm = sample(initial_policy, tokenizer, [p for p in world.prompts("train") for _ in range(8)],
+                  max_new_tokens=config.max_new_tokens, seed=config.seed + 17)
+    return rm.normalise_under(norm.prompts, norm.texts)
+
+
+def online_source(config: TrainConfig, method, policy, tokenizer, prompts, reward_fn, world_size, device):
+    """Return the batch source that samples the method's online data from `policy()`."""
+    from .online import OnlineGroups, OnlinePairs, judge_by_oracle, judge_by_reward
+    from .worlds import get_world
+
+    common = dict(per_device=config.per_device_train_batch_size, accumulation=config.gradient_accumulation_steps,
+                  world_size=world_size, seed=config.seed, device=device, max_new_tokens=config.max_new_tokens,
+                  temperature=config.temperature)
+    if method.data == "online_groups":
+        return OnlineGroups(policy, tokenizer, prompts, reward_fn=reward_fn,
+                            samples_per_prompt=config.samples_per_prompt, **common)
+    judge = (judge_by_oracle(get_world(config.world), config.label_noise) if config.judge == "oracle"
+             else judge_by_reward(reward_fn))
+    return OnlinePairs(policy, tokenizer, prompts, judge=judge, reward_fn=reward_fn, **common)
+
+
 # ----------------------------------------------------------- checkpoints
 def _checkpoints(output_dir: Path) -> list[Path]:
     found = [p for p in output_dir.glob("checkpoint-*") if (p / STATE_FILE).exists()]
@@ -90,13 +141,16 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, history, config: 
 
 
 # ------------------------------------------------------------------- loop
-def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None, dataset=None) -> TrainResult:
+def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None, dataset=None,
+          reward_fn=None) -> TrainResult:
     """Train with `config`; return the trained policy, its tokenizer and the per-step history.
 
     model/tokenizer: an in-memory policy (default: load `config.model`).
     reference_model: an in-memory π_ref (default: a frozen copy of the initial policy,
     or the adapters-off base with --lora). dataset: rows, a `datasets.Dataset`
-    or a path (default: `config.dataset`, else generated from the world).
+    or a path (default: `config.dataset`, else generated from the world); online
+    methods read only its `prompt` column. reward_fn: online methods' reward,
+    `f(prompts, responses) -> scores` (default: from `config.reward`).
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -128,7 +182,11 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
         # generated data is sampled from the world's policy, which a reward model cannot do
         with accelerator.main_process_first():
             sampler, _ = load_tokenizer_and_model(config.model, config.world)
-    examples = prepare_examples(config, method.data, tokenizer, sampler, dataset)
+    online = method.data.startswith("online")
+    examples = None if online else prepare_examples(config, method.data, tokenizer, sampler, dataset)
+    if online:
+        prompts = online_prompts(config, dataset)
+        reward_fn = reward_fn or resolve_reward(config, tokenizer, reference.model or model, accelerator)
     del sampler
     if config.lora:
         model = add_lora(model, config.lora_r, config.lora_alpha, quantized=config.load_in_4bit)
@@ -175,8 +233,12 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
         accelerator.print(f"resumed from {ckpt} at step {start_step}")
 
     accum, world_size = config.gradient_accumulation_steps, accelerator.num_processes
-    batches = OfflineBatches(examples, config.per_device_train_batch_size, accum, world_size,
-                             tokenizer.pad_token_id, config.seed, accelerator.device)
+    if online:
+        batches = online_source(config, method, lambda: accelerator.unwrap_model(model), tokenizer, prompts,
+                                reward_fn, world_size, accelerator.device)
+    else:
+        batches = OfflineBatches(examples, config.per_device_train_batch_size, accum, world_size,
+                                 tokenizer.pad_token_id, config.seed, accelerator.device)
     ctx = StepContext(model=model, reference=reference, config=config)
     bar = tqdm(total=config.max_steps, initial=start_step, desc=f"{config.method} (seed {config.seed})",
                disable=not (config.progress and accelerator.is_main_process))
