@@ -47,6 +47,8 @@ class TrainConfig:
     loss_type: str = _help("pairwise loss of --method dpo: dpo, ipo, hinge, robust, f_dpo, rpo, sppo_hard, nca_pair, "
                            "bco_pair, exo_pair, apo_zero, apo_down, asft, cpl (alignlib.losses.PAIRWISE_LOSSES)", "dpo")
     label_smoothing: float = _help("conservative DPO / robust DPO: assumed probability ε that a label is flipped", 0.0)
+    listwise_loss: str = _help("loss of --method listwise: lipo_lambda, listmle, listnet, pro, dpo_best_worst, "
+                               "dpo_all_pairs (alignlib.losses.LISTWISE_LOSSES)", "lipo_lambda")
     rpo_alpha: float = _help("RPO: weight α of the chosen completions' NLL added to DPO", 1.0)
     f_divergence_type: str = _help("f-DPO: reverse_kl (= DPO), forward_kl, js or alpha", "reverse_kl")
     f_alpha_divergence_coef: float = _help("f-DPO with alpha divergence: α (TRL's convention)", 0.5)
@@ -58,7 +60,8 @@ class TrainConfig:
                         "(alignlib train --method reward ... /final), normalised to mean 0, std 1 under π_ref", "gold")
     judge: str = _help("online_dpo: 'oracle' (the world's gold preference oracle, with --label_noise) or 'reward' "
                        "(the higher --reward wins)", "oracle")
-    samples_per_prompt: int = _help("rloo/grpo: completions sampled per prompt (the group size k)", 4)
+    samples_per_prompt: int = _help("rloo/grpo: completions sampled per prompt (the group size k); listwise: the list "
+                                    "length K of lists generated from the world", 4)
     temperature: float = _help("sampling temperature of online methods (1 = sample from π itself)", 1.0)
 
     # data generated from the world (when --dataset is not given)
@@ -110,6 +113,16 @@ class TrainConfig:
         if self.loss_type in NEEDS_ONLINE_INPUTS:
             raise ValueError(f"loss_type {self.loss_type!r} needs {NEEDS_ONLINE_INPUTS[self.loss_type]}, which an "
                              "offline pair data set does not have; it runs in the online pair mode")
+        from .losses import LISTWISE_LOSSES
+
+        if self.listwise_loss not in LISTWISE_LOSSES:
+            raise ValueError(f"unknown listwise_loss {self.listwise_loss!r}; valid: {', '.join(sorted(LISTWISE_LOSSES))}")
+        if self.samples_per_prompt < 2 and self.method == "listwise":
+            raise ValueError("--method listwise ranks samples of one prompt: samples_per_prompt must be ≥ 2")
+        if self.beta < 0 or (self.beta == 0 and self.method in ("dpo", "online_dpo", "listwise")):
+            # DPO-style losses divide the reward by β (r = β·log-ratio): β = 0 leaves nothing to learn
+            raise ValueError(f"beta (the KL strength) must be > 0 for --method {self.method} (≥ 0 for rloo/grpo), got "
+                             f"{self.beta}; use a small value such as 0.01 for a weak pull towards the reference")
         if self.judge not in ("oracle", "reward"):
             raise ValueError(f"judge must be 'oracle' or 'reward', got {self.judge!r}")
         if self.samples_per_prompt < 2 and self.method in ("rloo", "grpo"):

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -107,6 +108,7 @@ class TokenizedExample:
 
     prompt_ids: list[int]
     completions: list[list[int]]
+    scores: list[float] | None = None  # graded labels of ranked lists (alignlib.lists), one per completion
 
 
 def encode_prompt(tokenizer, prompt: str, max_prompt_length: int | None) -> list[int]:
@@ -150,13 +152,18 @@ def tokenize_rows(
             truncated += cut
             completions.append(ids)
         out.append(TokenizedExample(prompt_ids, completions))
-    if truncated:
-        warnings.warn(
-            f"{truncated} completion(s) were longer than max_completion_length={max_completion_length} tokens "
-            "and were truncated (their EOS is cut off); raise --max_completion_length to keep them whole",
-            stacklevel=2,
-        )
+    warn_truncated(truncated, max_completion_length)
     return out
+
+
+def warn_truncated(count: int, max_completion_length: int | None) -> None:
+    """Warn once, with the count, when completions were cut to `max_completion_length` tokens."""
+    if count:
+        warnings.warn(
+            f"{count} completion(s) were longer than max_completion_length={max_completion_length} tokens "
+            "and were truncated (their EOS is cut off); raise --max_completion_length to keep them whole",
+            stacklevel=3,
+        )
 
 
 def collate(sequences: Iterable[tuple[list[int], list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -175,7 +182,14 @@ def collate(sequences: Iterable[tuple[list[int], list[int]]], pad_token_id: int)
 
 
 def collate_examples(examples: Sequence[TokenizedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Collate a batch: for pairs, all chosen rows first, then all rejected rows (TRL's layout)."""
+    """Collate a batch: for pairs, all chosen rows first, then all rejected rows (TRL's layout).
+
+    K completions per example are laid out completion-major (row j·B + b is completion j
+    of example b); examples with `scores` (ranked lists) add "scores" [B, K].
+    """
     n_completions = len(examples[0].completions)
     rows = [(ex.prompt_ids, ex.completions[k]) for k in range(n_completions) for ex in examples]
-    return collate(rows, pad_token_id)
+    batch = collate(rows, pad_token_id)
+    if examples[0].scores is not None:  # ranked lists: scores[b, j] labels row j·B + b
+        batch["scores"] = torch.tensor([ex.scores for ex in examples], dtype=torch.float32)
+    return batch

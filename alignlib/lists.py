@@ -18,7 +18,6 @@ completion j of list b, and `scores[b, j]` is its label. `list_logps` reshapes t
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from .data import (
     collate_examples,
     encode_completion,
     encode_prompt,
+    warn_truncated,
 )
 
 ON_BAD = ("raise", "skip")
@@ -184,12 +184,7 @@ def tokenize_list_rows(
             truncated += cut
             completions.append(ids)
         examples.append(TokenizedExample(prompt_ids, completions))
-    if truncated:
-        warnings.warn(
-            f"{truncated} completion(s) were longer than max_completion_length={max_completion_length} tokens "
-            "and were truncated (their EOS is cut off); raise --max_completion_length to keep them whole",
-            stacklevel=2,
-        )
+    warn_truncated(truncated, max_completion_length)
     scores = torch.tensor([row["scores"] for row in rows], dtype=torch.float32)
     return examples, scores
 

@@ -54,10 +54,21 @@ class TrainResult:
 def prepare_examples(config: TrainConfig, kind: str, tokenizer, policy, dataset=None) -> list[TokenizedExample]:
     """Return tokenised examples from `dataset` (rows, Dataset or path), `config.dataset`, or the world."""
     source = dataset if dataset is not None else config.dataset
-    if source is None:
+    generated = source is None
+    if generated:
         from .rollout import world_dataset
 
         source = world_dataset(config, kind, policy, tokenizer)
+    if kind == "lists":
+        from .lists import load_list_rows, tokenize_list_rows
+
+        rows, dropped = load_list_rows(source, on_bad="skip" if generated else "raise")
+        if any(dropped.values()):
+            print(f"dropped {sum(dropped.values())} sampled list(s) that cannot be ranked: {dropped}")
+        examples, scores = tokenize_list_rows(rows, tokenizer, config.max_prompt_length, config.max_completion_length)
+        for example, row_scores in zip(examples, scores.tolist()):
+            example.scores = row_scores
+        return examples
     rows = load_rows(source, kind)
     return tokenize_rows(rows, tokenizer, kind, config.max_prompt_length, config.max_completion_length)
 

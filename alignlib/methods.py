@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 
 from .logprobs import sequence_logprobs
-from .losses import PAIRWISE_LOSSES, bradley_terry_loss, ppo, sft_loss
+from .lists import list_logps
+from .losses import LISTWISE_LOSSES, PAIRWISE_LOSSES, bradley_terry_loss, group, sft_loss
 
 
 @dataclass
@@ -32,7 +33,7 @@ class StepContext:
 @dataclass(frozen=True)
 class Method:
     name: str
-    data: str  # "sft", "pairs" (offline) or "online_pairs", "online_groups" (sampled from the policy; alignlib.online)
+    data: str  # "sft", "pairs", "lists" (offline) or "online_pairs", "online_groups" (sampled from the policy; alignlib.online)
     needs_reference: bool
     step: Callable[[StepContext, dict], tuple[torch.Tensor, dict[str, float]]]
     model_kind: str = "causal_lm"  # or "reward": a sequence classifier with one output (the scalar reward)
@@ -108,8 +109,8 @@ def rloo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, fl
     logps, token_lp, mask, ref_logps, _ = _group_logps(ctx, batch)
     kl = (logps - ref_logps).detach()
     rewards = batch["scores"] - ctx.config.beta * kl
-    advantages = ppo.rloo_advantages(rewards, ctx.config.samples_per_prompt)
-    loss, metrics = ppo.rloo_loss(token_lp, token_lp.detach(), advantages, mask)
+    advantages = group.rloo_advantages(rewards, ctx.config.samples_per_prompt)
+    loss, metrics = group.rloo_loss(token_lp, token_lp.detach(), advantages, mask)
     return loss, {"loss": loss.item(), "score": batch["scores"].mean().item(), "kl": kl.mean().item(),
                   "reward": rewards.mean().item(), **metrics}
 
@@ -122,17 +123,30 @@ def grpo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, fl
     is the same for any split of the batch over processes and accumulation steps.
     """
     logps, token_lp, mask, ref_logps, ref_token_lp = _group_logps(ctx, batch)
-    advantages = ppo.grpo_advantages(batch["scores"], ctx.config.samples_per_prompt)
-    loss, metrics = ppo.grpo_loss(token_lp, token_lp.detach(), advantages, mask, ref_logprobs=ref_token_lp,
+    advantages = group.grpo_advantages(batch["scores"], ctx.config.samples_per_prompt)
+    loss, metrics = group.grpo_loss(token_lp, token_lp.detach(), advantages, mask, ref_logprobs=ref_token_lp,
                                   beta=ctx.config.beta, loss_type="grpo")
     return loss, {"loss": loss.item(), "score": batch["scores"].mean().item(),
                   "kl": (logps - ref_logps).detach().mean().item(), **metrics}
+
+
+def listwise_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """A listwise loss (`config.listwise_loss`) on B lists of K completions (rows completion-major, scores [B, K])."""
+    logps, _, mask = _logps(ctx.model, batch)
+    with torch.no_grad(), ctx.reference.context(ctx.model) as ref:
+        ref_logps, _, _ = _logps(ref, batch)
+    k = batch["scores"].shape[1]
+    kwargs = {"lengths": list_logps(mask.sum(-1), k)} if ctx.config.listwise_loss == "pro" else {}
+    loss, metrics = LISTWISE_LOSSES[ctx.config.listwise_loss](list_logps(logps, k), list_logps(ref_logps, k),
+                                                              batch["scores"], beta=ctx.config.beta, **kwargs)
+    return loss, {"loss": loss.item(), **metrics}
 
 
 METHODS: dict[str, Method] = {
     "sft": Method("sft", data="sft", needs_reference=False, step=sft_step),
     "dpo": Method("dpo", data="pairs", needs_reference=True, step=dpo_step),
     "reward": Method("reward", data="pairs", needs_reference=False, step=reward_step, model_kind="reward"),
+    "listwise": Method("listwise", data="lists", needs_reference=True, step=listwise_step),
     # online: the batch source samples from the current policy (alignlib.online)
     "online_dpo": Method("online_dpo", data="online_pairs", needs_reference=True, step=dpo_step),
     "rloo": Method("rloo", data="online_groups", needs_reference=True, step=rloo_step),

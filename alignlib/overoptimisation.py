@@ -119,3 +119,39 @@ def cross_fitted_drop(pool: BestOfNPool, scores: Sequence[float], ns: Sequence[i
         best = max(range(len(ns)), key=lambda j: curves[pick][j])
         drops.append(curves[measure][best] - curves[measure][-1])
     return statistics.fmean(drops)
+
+
+def optimise_against(reward_fn, config, world, eval_every: int, samples_per_prompt: int = 8,
+                     seed: int = 3) -> list[dict[str, float]]:
+    """Train `config` (an online method) against `reward_fn`; every `eval_every` steps record gold and proxy.
+
+    The run is trained in chunks of `eval_every` steps, resuming from its own
+    checkpoint each time (so `config.save_steps` should divide `eval_every`);
+    after each chunk the policy answers the world's eval prompts
+    (`samples_per_prompt` each) and we record the mean gold reward (with its 95%
+    interval), the mean proxy reward, KL(π‖π_ref) and the grammatical fraction.
+    Returns one record per chunk, starting with step 0 (the SFT policy).
+    """
+    import dataclasses
+
+    from .evaluate import evaluate_policy
+    from .loop import train
+
+    records = []
+    for step in range(0, config.max_steps + 1, eval_every):
+        if step == 0:
+            from .models import load_tokenizer_and_model
+
+            model, tokenizer = load_tokenizer_and_model(config.model, config.world)
+            reference = model
+        else:
+            result = train(dataclasses.replace(config, max_steps=step), reward_fn=reward_fn)
+            model, tokenizer, reference = result.model, result.tokenizer, result.reference
+        ev = evaluate_policy(model, reference, tokenizer, world, samples_per_prompt=samples_per_prompt,
+                             max_new_tokens=config.max_new_tokens, seed=seed)
+        answers = sample(model, tokenizer, [p for p in world.prompts("eval") for _ in range(samples_per_prompt)],
+                         max_new_tokens=config.max_new_tokens, seed=seed + 1)
+        records.append({"step": step, "gold": ev.gold_reward, "gold_ci": ev.gold_reward_ci,
+                        "proxy": statistics.fmean(reward_fn(answers.prompts, answers.texts)), "kl": ev.kl,
+                        "grammatical": ev.grammatical})
+    return records

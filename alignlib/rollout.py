@@ -145,7 +145,8 @@ def preference_pairs(
 
 
 def world_dataset(config, kind: str, model, tokenizer) -> list[dict]:
-    """Return rows of `kind` generated from `config.world`: demonstrations ("sft") or oracle-labelled pairs ("pairs")."""
+    """Return rows of `kind` generated from `config.world`: demonstrations ("sft"), oracle-labelled pairs
+    ("pairs"), or lists of `config.samples_per_prompt` sampled completions scored by gold reward ("lists")."""
     from .worlds import get_world
 
     world = get_world(config.world)
@@ -153,11 +154,29 @@ def world_dataset(config, kind: str, model, tokenizer) -> list[dict]:
         return [{"prompt": ex.prompt, "completion": ex.completion}
                 for ex in world.sft_examples(config.num_examples, seed=config.seed)]
     if kind == "pairs":
-        train_prompts = world.prompts("train")
-        prompts = [train_prompts[i % len(train_prompts)] for i in range(config.num_examples)]
+        prompts = prompts_for(world, config.num_examples)
         return preference_pairs(model, tokenizer, world, prompts, seed=config.seed, label_noise=config.label_noise,
                                 max_new_tokens=config.max_new_tokens)
+    if kind == "lists":
+        return scored_lists(model, tokenizer, world, prompts_for(world, config.num_examples), config.samples_per_prompt,
+                            seed=config.seed, max_new_tokens=config.max_new_tokens)
     raise ValueError(f"no generated data of kind {kind!r}")
+
+
+def prompts_for(world, count: int) -> list[str]:
+    """Return `count` train prompts of `world`, cycling through them in order."""
+    train_prompts = world.prompts("train")
+    return [train_prompts[i % len(train_prompts)] for i in range(count)]
+
+
+def scored_lists(model, tokenizer, world, prompts: Sequence[str], k: int, seed: int,
+                 max_new_tokens: int = 32) -> list[dict]:
+    """Return list rows {prompt, completions (k sampled from `model`), scores (gold reward)} for each prompt."""
+    repeated = [p for p in prompts for _ in range(k)]
+    s = sample(model, tokenizer, repeated, max_new_tokens=max_new_tokens, seed=seed)
+    gold = world.gold_reward(repeated, s.texts)
+    return [{"prompt": p, "completions": s.texts[i * k:(i + 1) * k], "scores": gold[i * k:(i + 1) * k]}
+            for i, p in enumerate(prompts)]
 
 
 def best_of_n_kl(n: int) -> float:

@@ -15,6 +15,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from alignlib.losses.group import (
+    grpo_advantages,
+    grpo_loss,
+    p3o_loss,
+    pf_filter,
+    raft_select,
+    rloo_advantages,
+    rloo_loss,
+    superhf_loss,
+)
 from alignlib.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -22,18 +32,10 @@ from alignlib.losses.ppo import (
     clip_rewards,
     entropy_from_logits,
     gae,
-    grpo_advantages,
-    grpo_loss,
     kl_penalty,
     masked_mean,
-    p3o_loss,
-    pf_filter,
     ppo_policy_loss,
     ppo_value_loss,
-    raft_select,
-    rloo_advantages,
-    rloo_loss,
-    superhf_loss,
     token_rewards,
     whiten,
 )
