@@ -48,6 +48,14 @@ def sft_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, flo
     return sft_loss(token_lp, mask, num_tokens=ctx.tokens_per_micro_batch)
 
 
+def _policy_and_reference_logps(ctx: StepContext, batch: dict):
+    """Return policy (ℓ [N], token log-probs [N, T−1], mask) and reference (ℓ_ref, token log-probs) of every row."""
+    logps, token_lp, mask = _logps(ctx.model, batch)
+    with torch.no_grad(), ctx.reference.context(ctx.model) as ref:
+        ref_logps, ref_token_lp, _ = _logps(ref, batch)
+    return logps, token_lp, mask, ref_logps, ref_token_lp
+
+
 # pairwise losses that need inputs an offline pair batch does not have (samples from π_ref, rewards)
 NEEDS_ONLINE_INPUTS = {"xpo": "samples from π_ref", "selm": "samples from π_ref", "copg": "a reward for each completion"}
 
@@ -74,9 +82,7 @@ def dpo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, flo
     One forward pass for both halves, as TRL does. IPO reads log-probs averaged over
     completion tokens (TRL's and the IPO paper's length normalisation); the others read sums.
     """
-    logps, _, mask = _logps(ctx.model, batch)
-    with torch.no_grad(), ctx.reference.context(ctx.model) as ref:
-        ref_logps, _, _ = _logps(ref, batch)
+    logps, _, mask, ref_logps, _ = _policy_and_reference_logps(ctx, batch)
     lengths = mask.sum(-1).float()
     if ctx.config.loss_type == "ipo":
         logps, ref_logps = logps / lengths.clamp(min=1), ref_logps / lengths.clamp(min=1)
@@ -96,17 +102,9 @@ def reward_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, 
     return bradley_terry_loss(chosen, rejected, center_rewards_coefficient=ctx.config.center_rewards_coefficient)
 
 
-def _group_logps(ctx: StepContext, batch: dict):
-    """Return policy (ℓ [N], token log-probs [N, T−1], mask) and reference (ℓ_ref, token log-probs) of a group batch."""
-    logps, token_lp, mask = _logps(ctx.model, batch)
-    with torch.no_grad(), ctx.reference.context(ctx.model) as ref:
-        ref_logps, ref_token_lp, _ = _logps(ref, batch)
-    return logps, token_lp, mask, ref_logps, ref_token_lp
-
-
 def rloo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """RLOO on k samples per prompt: reward = score − β·KL(sequence, k1), leave-one-out baseline (TRL's RLOO)."""
-    logps, token_lp, mask, ref_logps, _ = _group_logps(ctx, batch)
+    logps, token_lp, mask, ref_logps, _ = _policy_and_reference_logps(ctx, batch)
     kl = (logps - ref_logps).detach()
     rewards = batch["scores"] - ctx.config.beta * kl
     advantages = group.rloo_advantages(rewards, ctx.config.samples_per_prompt)
@@ -122,7 +120,7 @@ def grpo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, fl
     unlike TRL's default "dapo" it needs no token count of the whole global batch, so it
     is the same for any split of the batch over processes and accumulation steps.
     """
-    logps, token_lp, mask, ref_logps, ref_token_lp = _group_logps(ctx, batch)
+    logps, token_lp, mask, ref_logps, ref_token_lp = _policy_and_reference_logps(ctx, batch)
     advantages = group.grpo_advantages(batch["scores"], ctx.config.samples_per_prompt)
     loss, metrics = group.grpo_loss(token_lp, token_lp.detach(), advantages, mask, ref_logprobs=ref_token_lp,
                                   beta=ctx.config.beta, loss_type="grpo")
@@ -132,9 +130,7 @@ def grpo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, fl
 
 def listwise_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """A listwise loss (`config.listwise_loss`) on B lists of K completions (rows completion-major, scores [B, K])."""
-    logps, _, mask = _logps(ctx.model, batch)
-    with torch.no_grad(), ctx.reference.context(ctx.model) as ref:
-        ref_logps, _, _ = _logps(ref, batch)
+    logps, _, mask, ref_logps, _ = _policy_and_reference_logps(ctx, batch)
     k = batch["scores"].shape[1]
     kwargs = {"lengths": list_logps(mask.sum(-1), k)} if ctx.config.listwise_loss == "pro" else {}
     loss, metrics = LISTWISE_LOSSES[ctx.config.listwise_loss](list_logps(logps, k), list_logps(ref_logps, k),
