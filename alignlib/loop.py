@@ -108,20 +108,47 @@ def resolve_reward(config: TrainConfig, tokenizer, initial_policy, accelerator):
     return rm.normalise_under(norm.prompts, norm.texts)
 
 
-def online_source(config: TrainConfig, method, policy, tokenizer, prompts, reward_fn, world_size, device):
-    """Return the batch source that samples the method's online data from `policy()`."""
+@dataclass
+class SourceContext:
+    """What a method's online batch source may use (see `Method.source`)."""
+
+    config: TrainConfig
+    policy: Any  # callable returning the current (unwrapped) policy
+    tokenizer: Any
+    prompts: list[str]
+    reward_fn: Any
+    reference: Reference
+    world_size: int
+    device: Any
+
+    def common(self) -> dict:
+        """Keyword arguments every `_OnlineSource` takes, from the config."""
+        c = self.config
+        return dict(per_device=c.per_device_train_batch_size, accumulation=c.gradient_accumulation_steps,
+                    world_size=self.world_size, seed=c.seed, device=self.device, max_new_tokens=c.max_new_tokens,
+                    temperature=c.temperature)
+
+
+def online_source(ctx: SourceContext, method):
+    """Return the batch source that samples the method's online data from `ctx.policy()`.
+
+    A method may bring its own source (`Method.source`, a factory taking the
+    `SourceContext`); otherwise its data kind picks one of the shared sources.
+    """
     from .online import OnlineGroups, OnlinePairs, judge_by_oracle, judge_by_reward
     from .worlds import get_world
 
-    common = dict(per_device=config.per_device_train_batch_size, accumulation=config.gradient_accumulation_steps,
-                  world_size=world_size, seed=config.seed, device=device, max_new_tokens=config.max_new_tokens,
-                  temperature=config.temperature)
+    config = ctx.config
+    if method.source is not None:
+        return method.source(ctx)
     if method.data == "online_groups":
-        return OnlineGroups(policy, tokenizer, prompts, reward_fn=reward_fn,
-                            samples_per_prompt=config.samples_per_prompt, **common)
+        return OnlineGroups(ctx.policy, ctx.tokenizer, ctx.prompts, reward_fn=ctx.reward_fn,
+                            samples_per_prompt=config.samples_per_prompt, **ctx.common())
+    if method.data != "online_pairs":
+        raise ValueError(f"method {method.name!r} reads online data {method.data!r} but names no batch source")
     judge = (judge_by_oracle(get_world(config.world), config.label_noise) if config.judge == "oracle"
-             else judge_by_reward(reward_fn))
-    return OnlinePairs(policy, tokenizer, prompts, judge=judge, reward_fn=reward_fn, **common)
+             else judge_by_reward(ctx.reward_fn))
+    return OnlinePairs(ctx.policy, ctx.tokenizer, ctx.prompts, judge=judge, reward_fn=ctx.reward_fn, **ctx.common())
 
 
 # ----------------------------------------------------------- checkpoints
@@ -245,8 +272,8 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
 
     accum, world_size = config.gradient_accumulation_steps, accelerator.num_processes
     if online:
-        batches = online_source(config, method, lambda: accelerator.unwrap_model(model), tokenizer, prompts,
-                                reward_fn, world_size, accelerator.device)
+        batches = online_source(SourceContext(config, lambda: accelerator.unwrap_model(model), tokenizer, prompts,
+                                              reward_fn, reference, world_size, accelerator.device), method)
     else:
         batches = OfflineBatches(examples, config.per_device_train_batch_size, accum, world_size,
                                  tokenizer.pad_token_id, config.seed, accelerator.device)

@@ -1,6 +1,6 @@
 """The registry of training methods: each is a loss on a batch plus the kind of data it needs.
 
-The loop in `train.py` is the same for every method; a method only says which
+The loop in `loop.py` is the same for every method; a method only says which
 data it consumes ("sft": prompt/completion; "pairs": prompt/chosen/rejected)
 and how to turn a collated batch into a loss. Online methods (later chapters)
 add a data kind whose batches are sampled from the current policy.
@@ -37,6 +37,9 @@ class Method:
     needs_reference: bool
     step: Callable[[StepContext, dict], tuple[torch.Tensor, dict[str, float]]]
     model_kind: str = "causal_lm"  # or "reward": a sequence classifier with one output (the scalar reward)
+    # online methods with their own batch source: a factory taking alignlib.loop.SourceContext
+    # (default: the shared source of the data kind, OnlineGroups or OnlinePairs)
+    source: Callable | None = None
 
 
 def _logps(model, batch):
