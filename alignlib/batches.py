@@ -80,3 +80,29 @@ class OfflineBatches:
                     # with an empty prompt the first completion token has no context and is not predicted
                     total += sum(len(c) for c in ex.completions) - (len(ex.prompt_ids) == 0) * len(ex.completions)
         return total / (self.accumulation * self.world_size)
+
+
+@torch.no_grad()
+def precompute_reference_logps(examples: list[TokenizedExample], reference, policy, pad_token_id: int, device,
+                               batch_size: int = 64) -> None:
+    """Store log π_ref of every completion of every example in `example.ref_logps`, in place.
+
+    Offline data never changes, so the reference's log-probs can be computed
+    once, before training, instead of in every step; the reference model can
+    then be freed (TRL's `precompute_ref_log_probs`). Computed in eval mode,
+    exactly as the step would compute them.
+    """
+    from .logprobs import sequence_logprobs
+
+    with reference.context(policy) as ref:
+        was_training = ref.training
+        ref.eval()
+        for start in range(0, len(examples), batch_size):
+            chunk = examples[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate_examples(chunk, pad_token_id).items()}
+            logps, _, _ = sequence_logprobs(ref, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+            k = len(chunk[0].completions)
+            per_example = logps.float().cpu().view(k, len(chunk)).T.tolist()  # rows are completion-major
+            for example, values in zip(chunk, per_example):
+                example.ref_logps = values
+        ref.train(was_training)

@@ -64,6 +64,45 @@ class TrainConfig:
                                     "length K of lists generated from the world", 4)
     temperature: float = _help("sampling temperature of online methods (1 = sample from π itself)", 1.0)
 
+    # PPO (--method ppo; alignlib.ppo): names as in TRL's former PPOConfig where it had one
+    ppo_epochs: int = _help("ppo: passes over each rollout (TRL's ppo_epochs / num_ppo_epochs)", 2)
+    num_mini_batches: int = _help("ppo: optimizer steps per pass over a rollout; a rollout holds num_mini_batches × "
+                                  "per_device_train_batch_size × gradient_accumulation_steps prompts per process, and "
+                                  "a new one is sampled every ppo_epochs × num_mini_batches steps", 1)
+    cliprange: float = _help("ppo: clip range ε of the policy ratio (PPO paper and TRL: 0.2)", 0.2)
+    cliprange_value: Optional[float] = _help("ppo: clip range of the value update around the rollout's values "
+                                             "(TRL: 0.2); None: unclipped value loss", 0.2)
+    vf_coef: float = _help("ppo: weight of the critic's value loss in the total loss (TRL: 0.1)", 0.1)
+    gamma: float = _help("ppo: discount γ of the token-level MDP (TRL: 1)", 1.0)
+    lam: float = _help("ppo: GAE λ (TRL: 0.95)", 0.95)
+    kl_estimator: str = _help("ppo: per-token KL estimator of the reward penalty: k1 (TRL's default, unbiased), k2 or "
+                              "k3 (unbiased, ≥ 0); the KL coefficient is --beta", "k1")
+    kl_target: Optional[float] = _help("ppo: adaptive KL controller's target sequence KL (Ziegler et al. 2019; TRL's "
+                                       "adap_kl_ctrl/target); None: β stays --beta", None)
+    kl_horizon: int = _help("ppo: adaptive KL controller's horizon in samples (TRL's horizon)", 10_000)
+    whiten_rewards: bool = _help("ppo: rescale the token rewards of a rollout to unit variance (TRL's whiten_rewards)",
+                                 False)
+    whiten_advantages: bool = _help("ppo: whiten the advantages of a rollout to mean 0, std 1 (TRL always did)", True)
+    entropy_coef: float = _help("ppo: weight of the entropy bonus (0: none, as TRL)", 0.0)
+
+    # self-play on a general preference (nash_md, sppo, dno, inpo; alignlib.selfplay)
+    mixture_coef: float = _help("nash_md: weight c of π_ref in the opponent's token-level geometric mixture "
+                                "π^{1−c} π_ref^{c} (TRL's NashMDConfig: 0.5)", 0.5)
+    eta: float = _help("sppo: step size η of the multiplicative-weights target η(P̂ − ½) (the paper's 1/β); "
+                       "inpo: mirror-descent step size η", 10.0)
+    tau: float = _help("inpo: strength τ of the pull towards π_ref; τη is π_ref's weight in the prox centre "
+                       "(must be in [0, 1])", 0.01)
+    dno_margin: float = _help("dno: pairs whose win rates differ by less than this are dropped", 0.0)
+    selfplay_iterations: int = _help("sppo/dno/inpo: rounds of alignlib.selfplay.iterate, each with the previous "
+                                     "iterate as reference", 3)
+    anchor_model: Optional[str] = _help("inpo: the fixed π_ref of the prox term (a --model name or folder) when the "
+                                        "reference is the previous iterate (selfplay.iterate sets it); default: the "
+                                        "reference itself", None)
+
+    # language feedback (--method cut; alignlib.feedback)
+    unlikelihood_weight: float = _help("cut: weight w of the unlikelihood term −w·log(1 − p) on judgement-marked "
+                                       "tokens (CUT's weight_unlike: 1)", 1.0)
+
     # data generated from the world (when --dataset is not given)
     num_examples: int = _help("pairs (or SFT demonstrations) generated from --world", 4096)
     label_noise: float = _help("probability that the gold oracle's label is flipped", 0.0)
@@ -86,6 +125,9 @@ class TrainConfig:
     load_in_4bit: bool = _help("load the base model in 4-bit NF4 (bitsandbytes, CUDA only; QLoRA with --lora)", False)
     bf16: bool = _help("bfloat16 mixed precision", False)
     gradient_checkpointing: bool = _help("recompute activations in backward to save memory", False)
+    precompute_ref_log_probs: bool = _help(
+        "offline methods (dpo, listwise): compute π_ref's log-probs of the whole data set once before training "
+        "and free the reference model (saves its memory and one forward pass per step)", False)
     use_cpu: bool = _help("train on CPU even if a GPU is present", False)
 
     def __post_init__(self):
@@ -117,18 +159,34 @@ class TrainConfig:
 
         if self.listwise_loss not in LISTWISE_LOSSES:
             raise ValueError(f"unknown listwise_loss {self.listwise_loss!r}; valid: {', '.join(sorted(LISTWISE_LOSSES))}")
-        if self.samples_per_prompt < 2 and self.method == "listwise":
-            raise ValueError("--method listwise ranks samples of one prompt: samples_per_prompt must be ≥ 2")
-        if self.beta < 0 or (self.beta == 0 and self.method in ("dpo", "online_dpo", "listwise")):
+        if self.samples_per_prompt < 2 and self.method in ("listwise", "online_listwise"):
+            raise ValueError(f"--method {self.method} ranks samples of one prompt: samples_per_prompt must be ≥ 2")
+        if self.beta < 0 or (self.beta == 0 and self.method in ("dpo", "online_dpo", "listwise", "online_listwise")):
             # DPO-style losses divide the reward by β (r = β·log-ratio): β = 0 leaves nothing to learn
             raise ValueError(f"beta (the KL strength) must be > 0 for --method {self.method} (≥ 0 for rloo/grpo), got "
                              f"{self.beta}; use a small value such as 0.01 for a weak pull towards the reference")
         if self.judge not in ("oracle", "reward"):
             raise ValueError(f"judge must be 'oracle' or 'reward', got {self.judge!r}")
-        if self.samples_per_prompt < 2 and self.method in ("rloo", "grpo"):
+        if self.samples_per_prompt < 2 and self.method in ("rloo", "grpo", "raft", "superhf"):
             raise ValueError(f"--method {self.method} compares samples of one prompt: samples_per_prompt must be ≥ 2")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (sampling), got {self.temperature}")
+        if not 0.0 <= self.mixture_coef <= 1.0:
+            raise ValueError(f"mixture_coef (π_ref's weight in Nash-MD's geometric mixture) must be in [0, 1], got "
+                             f"{self.mixture_coef}")
+        if self.eta <= 0 or self.tau < 0 or self.tau * self.eta > 1:
+            raise ValueError(f"need eta > 0, tau ≥ 0 and tau·eta ≤ 1 (π_ref's weight in INPO's prox centre); got "
+                             f"eta={self.eta}, tau={self.tau}")
+        if not 0.0 <= self.dno_margin < 1.0:
+            raise ValueError(f"dno_margin compares win rates and must be in [0, 1), got {self.dno_margin}")
+        if self.selfplay_iterations < 1:
+            raise ValueError(f"selfplay_iterations must be ≥ 1, got {self.selfplay_iterations}")
+        if self.method in ("sppo", "dno") and self.samples_per_prompt < 2:
+            raise ValueError(f"--method {self.method} estimates win rates against the other samples of a prompt: "
+                             "samples_per_prompt must be ≥ 2")
+        if self.method == "nash_md" and self.lora:
+            raise ValueError("--method nash_md samples from a mixture of policy and reference, which needs a separate "
+                             "reference model; --lora is not supported (train all weights)")
         if self.f_divergence_type not in ("reverse_kl", "forward_kl", "js", "alpha"):
             raise ValueError(f"f_divergence_type must be reverse_kl, forward_kl, js or alpha, got "
                              f"{self.f_divergence_type!r}")
@@ -138,8 +196,46 @@ class TrainConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.method == "reward" and self.lora:
             raise ValueError("--lora is not supported with --method reward yet; train the reward model in full")
+        self._check_ppo()
+        if self.precompute_ref_log_probs and (METHODS[self.method].data not in ("pairs", "lists")
+                                              or not METHODS[self.method].needs_reference):
+            raise ValueError(f"--precompute_ref_log_probs needs an offline method with a reference (dpo, listwise); "
+                             f"--method {self.method} has none or samples its data during training")
         if self.load_in_4bit and not self.lora:
             raise ValueError("--load_in_4bit trains LoRA adapters on a frozen 4-bit base (QLoRA); add --lora")
+
+    def _check_ppo(self):
+        for name in ("ppo_epochs", "num_mini_batches", "kl_horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.cliprange <= 0 or (self.cliprange_value is not None and self.cliprange_value <= 0):
+            raise ValueError(f"cliprange and cliprange_value must be > 0 (None turns value clipping off), got "
+                             f"{self.cliprange} and {self.cliprange_value}")
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
+            raise ValueError(f"gamma and lam must be in [0, 1], got gamma={self.gamma}, lam={self.lam}")
+        if self.vf_coef < 0 or self.entropy_coef < 0:
+            raise ValueError(f"vf_coef and entropy_coef must be ≥ 0, got {self.vf_coef} and {self.entropy_coef}")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ValueError(f"kl_estimator must be k1, k2 or k3, got {self.kl_estimator!r}")
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise ValueError(f"kl_target must be > 0 (or None for a fixed β), got {self.kl_target}")
+        if self.method != "ppo":
+            return
+        per_rollout = self.ppo_epochs * self.num_mini_batches
+        for name in ("save_steps", "max_steps"):
+            if getattr(self, name) % per_rollout:
+                value = getattr(self, name)
+                raise ValueError(
+                    f"--method ppo: {name} ({value}) must be a multiple of ppo_epochs × num_mini_batches "
+                    f"({per_rollout}), the optimizer steps per rollout, so that checkpoints fall between rollouts "
+                    f"and a resumed run is exact; use e.g. {name} {max(per_rollout, value - value % per_rollout)}")
+        if self.lora:
+            raise ValueError("--method ppo with --lora is not supported yet: the critic is a full copy of the "
+                             "backbone; train without --lora")
+        if self.temperature != 1.0:
+            raise ValueError(f"--method ppo samples at temperature 1 (got {self.temperature}): its ratio and KL "
+                             "penalty use the log-probabilities of π itself, and samples from a tempered π would "
+                             "make them off-policy (the negative-KL pitfall)")
 
     # fields that may change between an interrupted run and its resumption
     RESUMABLE_CHANGES = ("max_steps", "save_steps", "save_total_limit", "resume", "logging_steps", "progress",

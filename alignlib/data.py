@@ -1,8 +1,10 @@
 """Data formats, validation with clear errors, tokenisation and collation.
 
 Column conventions follow TRL: preference data has `prompt`, `chosen`,
-`rejected`; supervised data has `prompt`, `completion`. Prompts and
-completions are plain text here; the prompt is tokenised with the tokenizer's
+`rejected`; supervised data has `prompt`, `completion`. Values are plain text
+(TRL's standard format) or lists of {"role", "content"} messages (its
+conversational format, rendered by the tokenizer's chat template: see
+`render_conversation`). The prompt is tokenised with the tokenizer's
 special tokens (BOS), the completion without them and followed by EOS, and the
 two id lists are concatenated (never the strings, so no token straddles the
 boundary).
@@ -54,18 +56,41 @@ def _read_json_rows(path: Path) -> list[dict[str, Any]]:
     raise DataError(f"{path}: unsupported file type {path.suffix!r}; use .json or .jsonl")
 
 
-def load_rows(source: Any, kind: str) -> list[dict[str, str]]:
+def _is_hub_id(source) -> bool:
+    """True for a `datasets` hub id such as "trl-lib/ultrafeedback_binarized" (optionally ":split")."""
+    path = Path(source)
+    return isinstance(source, str) and path.suffix not in (".json", ".jsonl") and not path.exists() \
+        and "/" in source and not source.startswith((".", "/"))
+
+
+def _read_hub_rows(spec: str) -> list[dict[str, Any]]:
+    """Return the rows of a hub data set, "owner/name" or "owner/name:split" (default split: train)."""
+    name, _, split = spec.partition(":")
+    try:
+        import datasets
+
+        return datasets.load_dataset(name, split=split or "train").to_list()
+    except Exception as exc:  # offline, unknown id, unknown split: one clear message
+        raise DataError(
+            f"could not load data set {spec!r} from the Hugging Face hub ({type(exc).__name__}: {str(exc)[:200]}). "
+            "A hub id needs network access (or a filled datasets cache); otherwise pass a local .json/.jsonl file."
+        ) from None
+
+
+def load_rows(source: Any, kind: str) -> list[dict[str, Any]]:
     """Return validated rows of `kind` ("pairs" or "sft") from a path, a `datasets.Dataset` or a list of dicts.
 
     Raises DataError naming the file/row/column when a column is missing, a
     value is not a string, or a completion is empty.
     """
+    if kind == "cut":  # appended kind: completions with judgement-marked tokens (below)
+        return load_cut_rows(source)
     if kind not in COLUMNS:
         raise ValueError(f"unknown data kind {kind!r}; use one of {sorted(COLUMNS)}")
     where = "data"
     if isinstance(source, (str, Path)):
         where = str(source)
-        rows = _read_json_rows(Path(source))
+        rows = _read_hub_rows(source) if _is_hub_id(source) else _read_json_rows(Path(source))
     elif hasattr(source, "column_names") and hasattr(source, "to_list"):  # datasets.Dataset
         rows = source.to_list()
     else:
@@ -82,13 +107,17 @@ def load_rows(source: Any, kind: str) -> list[dict[str, str]]:
                 f"{where}, row {i}: missing column(s) {missing}; {kind} data needs columns {list(required)} "
                 f"(found {sorted(row)})"
             )
+        conversational = [isinstance(row[c], list) for c in required]
+        if any(conversational) and not all(conversational):
+            raise DataError(
+                f"{where}, row {i}: some columns are lists of messages and some are text; use one format per row "
+                "(TRL's conversational format: every column a list of {'role', 'content'} messages)"
+            )
         for col in required:
             value = row[col]
             if isinstance(value, list):
-                raise DataError(
-                    f"{where}, row {i}, column {col!r}: conversational (list of messages) data is not supported "
-                    "yet; render it to text first with tokenizer.apply_chat_template(..., tokenize=False)"
-                )
+                check_messages(value, f"{where}, row {i}, column {col!r}")
+                continue
             if not isinstance(value, str):
                 raise DataError(f"{where}, row {i}, column {col!r}: expected a string, got {type(value).__name__}")
             if col != "prompt" and not value.strip():
@@ -101,6 +130,38 @@ def load_rows(source: Any, kind: str) -> list[dict[str, str]]:
     return [{c: row[c] for c in required} for row in rows]
 
 
+def check_messages(messages: list, where: str) -> None:
+    """Raise DataError unless `messages` is a non-empty list of {"role": str, "content": str} dicts."""
+    if not messages:
+        raise DataError(f"{where}: an empty list of messages")
+    for j, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DataError(f"{where}, message {j}: expected {{'role': str, 'content': str}}, got {m!r:.80}")
+
+
+def render_conversation(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[str, str]:
+    """Return (prompt text, completion text) of a conversational row, rendered by the tokenizer's chat template.
+
+    The prompt is rendered with the generation prompt (the assistant turn's
+    header); the completion is what the full conversation adds after it, so
+    prompt + completion is exactly the rendered conversation.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            "conversational data (lists of messages) needs a tokenizer with a chat template, and this tokenizer has "
+            "none (tokenizer.chat_template is empty). Use an instruction-tuned model's tokenizer, set "
+            "tokenizer.chat_template, or render the rows to text yourself."
+        )
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+    if not full.startswith(prompt_text):
+        raise DataError(
+            "the chat template renders the prompt differently alone and followed by the completion, so the "
+            f"completion cannot be cut out of the conversation (prompt: {prompt_text[-60:]!r}); check the template"
+        )
+    return prompt_text, full[len(prompt_text):]
+
+
 # ------------------------------------------------------------- tokenising
 @dataclass
 class TokenizedExample:
@@ -109,11 +170,16 @@ class TokenizedExample:
     prompt_ids: list[int]
     completions: list[list[int]]
     scores: list[float] | None = None  # graded labels of ranked lists (alignlib.lists), one per completion
+    unlikely: list[list[int]] | None = None  # "cut" data: 0/1 per completion token, 1 = marked by the judgement
+    ref_logps: list[float] | None = None  # log π_ref of each completion, when precomputed (precompute_ref_log_probs)
 
 
-def encode_prompt(tokenizer, prompt: str, max_prompt_length: int | None) -> list[int]:
-    """Return prompt ids (with the tokenizer's special tokens); refuse prompts over `max_prompt_length`."""
-    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+def encode_prompt(tokenizer, prompt: str, max_prompt_length: int | None, add_special_tokens: bool = True) -> list[int]:
+    """Return prompt ids (with the tokenizer's special tokens); refuse prompts over `max_prompt_length`.
+
+    add_special_tokens=False for text rendered by a chat template, which writes BOS itself.
+    """
+    ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
     if max_prompt_length is not None and len(ids) > max_prompt_length:
         raise DataError(
             f"prompt has {len(ids)} tokens, more than max_prompt_length={max_prompt_length}: {prompt[:80]!r}... "
@@ -139,16 +205,23 @@ def tokenize_rows(
     max_completion_length: int | None = None,
 ) -> list[TokenizedExample]:
     """Tokenise validated rows; completions longer than the limit are truncated with one warning."""
+    if kind == "cut":
+        return tokenize_cut_rows(rows, tokenizer, max_prompt_length, max_completion_length)
     completion_cols = COLUMNS[kind][1:]
     out, truncated = [], 0
     for i, row in enumerate(rows):
+        chat = isinstance(row["prompt"], list)
+        texts = {}
         try:
-            prompt_ids = encode_prompt(tokenizer, row["prompt"], max_prompt_length)
+            for col in completion_cols:  # conversational rows: render each completion after the prompt
+                texts["prompt"], texts[col] = (render_conversation(tokenizer, row["prompt"], row[col]) if chat
+                                               else (row["prompt"], row[col]))
+            prompt_ids = encode_prompt(tokenizer, texts["prompt"], max_prompt_length, add_special_tokens=not chat)
         except DataError as exc:
             raise DataError(f"row {i}: {exc}") from None
         completions = []
         for col in completion_cols:
-            ids, cut = encode_completion(tokenizer, row[col], max_completion_length)
+            ids, cut = encode_completion(tokenizer, texts[col], max_completion_length)
             truncated += cut
             completions.append(ids)
         out.append(TokenizedExample(prompt_ids, completions))
@@ -190,6 +263,91 @@ def collate_examples(examples: Sequence[TokenizedExample], pad_token_id: int) ->
     n_completions = len(examples[0].completions)
     rows = [(ex.prompt_ids, ex.completions[k]) for k in range(n_completions) for ex in examples]
     batch = collate(rows, pad_token_id)
+    if examples[0].ref_logps is not None:  # precomputed reference log-probs, in the rows' order
+        batch["ref_logps"] = torch.tensor([ex.ref_logps[k] for k in range(n_completions) for ex in examples],
+                                          dtype=torch.float32)
     if examples[0].scores is not None:  # ranked lists: scores[b, j] labels row j·B + b
         batch["scores"] = torch.tensor([ex.scores for ex in examples], dtype=torch.float32)
+    if examples[0].unlikely is not None:  # "cut" data: the marked tokens, in input_ids coordinates
+        marks = torch.zeros_like(batch["input_ids"])
+        for i, ex in enumerate(examples):
+            start = len(ex.prompt_ids)
+            marks[i, start:start + len(ex.unlikely[0])] = torch.tensor(ex.unlikely[0], dtype=torch.long)
+        batch["unlikely_mask"] = marks
     return batch
+
+
+# ------------------------------------------------- "cut": judgement-marked tokens
+CUT_COLUMNS = ("prompt", "completion", "unlikely")
+
+
+def load_cut_rows(source: Any) -> list[dict[str, Any]]:
+    """Return validated "cut" rows {prompt, completion, unlikely} from a path, a `datasets.Dataset` or dicts.
+
+    `unlikely` lists the indices (0-based, over `completion.split()`) of the words a
+    judgement marks as inappropriate: CUT applies unlikelihood to their tokens and
+    likelihood to all others. An empty list makes the row plain likelihood
+    (a positively judged response). Raises DataError naming the row and the fix.
+    """
+    where = "data"
+    if isinstance(source, (str, Path)):
+        where = str(source)
+        rows = _read_json_rows(Path(source))
+    elif hasattr(source, "column_names") and hasattr(source, "to_list"):
+        rows = source.to_list()
+    else:
+        rows = list(source)
+    if not rows:
+        raise DataError(f"{where}: no rows")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise DataError(f"{where}, row {i}: expected an object with columns {CUT_COLUMNS}, got {type(row).__name__}")
+        missing = [c for c in CUT_COLUMNS if c not in row]
+        if missing:
+            raise DataError(f"{where}, row {i}: missing column(s) {missing}; cut data needs columns {list(CUT_COLUMNS)} "
+                            f"(found {sorted(row)}); use unlikely=[] for a row with no marked word")
+        for col in ("prompt", "completion"):
+            if not isinstance(row[col], str):
+                raise DataError(f"{where}, row {i}, column {col!r}: expected a string, got {type(row[col]).__name__}")
+        if not row["completion"].strip():
+            raise DataError(f"{where}, row {i}, column 'completion' is empty; every completion needs text")
+        marks = row["unlikely"]
+        n_words = len(row["completion"].split())
+        if not isinstance(marks, (list, tuple)) or not all(isinstance(j, int) and not isinstance(j, bool) for j in marks):
+            raise DataError(f"{where}, row {i}, column 'unlikely': expected a list of word indices (ints), got {marks!r}")
+        bad = [j for j in marks if not 0 <= j < n_words]
+        if bad:
+            raise DataError(f"{where}, row {i}, column 'unlikely': word indices {bad} are outside the completion's "
+                            f"{n_words} words (indices count whitespace-separated words from 0)")
+        if len(set(marks)) == n_words:
+            raise DataError(f"{where}, row {i}: every word of the completion is marked, so no token is left to learn "
+                            "from and the row only pushes text down; drop such rows (or keep a few unmarked words)")
+        out.append({"prompt": row["prompt"], "completion": row["completion"], "unlikely": sorted(set(marks))})
+    return out
+
+
+def tokenize_cut_rows(rows: Sequence[dict[str, Any]], tokenizer, max_prompt_length: int | None = None,
+                      max_completion_length: int | None = None) -> list[TokenizedExample]:
+    """Tokenise "cut" rows; a token is marked when its characters overlap a marked word (needs a fast tokenizer)."""
+    import re
+
+    if not getattr(tokenizer, "is_fast", False):
+        raise DataError("cut data maps marked words to tokens through character offsets, which needs a fast "
+                        "(Rust) tokenizer; load it with AutoTokenizer.from_pretrained(..., use_fast=True)")
+    out, truncated = [], 0
+    for i, row in enumerate(rows):
+        try:
+            prompt_ids = encode_prompt(tokenizer, row["prompt"], max_prompt_length)
+        except DataError as exc:
+            raise DataError(f"row {i}: {exc}") from None
+        spans = [m.span() for m in re.finditer(r"\S+", row["completion"])]
+        marked = [spans[j] for j in row["unlikely"]]
+        enc = tokenizer(row["completion"], add_special_tokens=False, return_offsets_mapping=True)
+        flags = [int(any(s < e2 and s2 < e for s2, e2 in marked)) for s, e in enc["offset_mapping"]]
+        ids, flags = enc["input_ids"] + [tokenizer.eos_token_id], flags + [0]
+        if max_completion_length is not None and len(ids) > max_completion_length:
+            ids, flags, truncated = ids[:max_completion_length], flags[:max_completion_length], truncated + 1
+        out.append(TokenizedExample(prompt_ids, [ids], unlikely=[flags]))
+    warn_truncated(truncated, max_completion_length)
+    return out

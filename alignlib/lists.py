@@ -35,7 +35,7 @@ from .data import (
 )
 
 ON_BAD = ("raise", "skip")
-SKIP_REASONS = ("non_finite_score", "duplicate_completion", "all_tied")
+SKIP_REASONS = ("empty_completion", "non_finite_score", "duplicate_completion", "all_tied")
 
 
 # ------------------------------------------------------------------ loading and validation
@@ -68,9 +68,6 @@ def _check_structure(row: Any, where: str) -> tuple[list[str], list[float]]:
     completions, labels = row["completions"], row[label[0]]
     if not isinstance(completions, list) or not all(isinstance(c, str) for c in completions):
         raise DataError(f"{where}, column 'completions': expected a list of strings")
-    if any(not c.strip() for c in completions):
-        raise DataError(f"{where}, column 'completions': completion {[c.strip() for c in completions].index('')} "
-                        "is empty; every completion needs text")
     if not isinstance(labels, list) or not all(_is_number(v) for v in labels):
         raise DataError(f"{where}, column {label[0]!r}: expected a list of numbers, one per completion")
     if len(labels) != len(completions):
@@ -94,6 +91,8 @@ def _ranks_to_scores(ranks: list, where: str) -> list[float]:
 
 def _content_problem(completions: list[str], scores: list[float]) -> str | None:
     """Return the reason a structurally valid list cannot be trained on (see SKIP_REASONS), or None."""
+    if any(not c.strip() for c in completions):  # e.g. a sample that ended at once (world_dataset keeps it)
+        return "empty_completion"
     if not all(math.isfinite(s) for s in scores):
         return "non_finite_score"
     if len(set(completions)) < len(completions):
@@ -104,6 +103,7 @@ def _content_problem(completions: list[str], scores: list[float]) -> str | None:
 
 
 _PROBLEM_TEXT = {
+    "empty_completion": "column 'completions': completion {empty} is empty; every completion needs text",
     "non_finite_score": "a score is NaN or infinite",
     "duplicate_completion": "the same completion text appears twice (its two labels would push one sequence "
                             "two ways; deduplicate it)",
@@ -128,12 +128,12 @@ def load_list_rows(source: Any, on_bad: str = "raise") -> tuple[list[dict], dict
     """Return (validated list rows, counts of dropped rows by reason) from a path, a Dataset or a list of dicts.
 
     Always raised as DataError, naming the row and the fix (the data is malformed): a
-    missing column, both or neither of scores/ranks, wrong types, an empty completion, a
+    missing column, both or neither of scores/ranks, wrong types, a
     number of scores (ranks) different from the number of completions, K < 2, ranks
     outside 1..K, and lists of different K in one data set (the rows are named).
 
     Raised with on_bad="raise", dropped with a count with on_bad="skip" (single lists
-    that can be thrown away, SKIP_REASONS): a NaN or infinite score, the same completion
+    that can be thrown away, SKIP_REASONS): an empty (or blank) completion, a NaN or infinite score, the same completion
     text twice in one list, and all scores equal (no ranking signal).
 
     Kept rows are {"prompt", "completions", "scores"}, with scores as floats (from ranks: K − rank).
@@ -151,7 +151,8 @@ def load_list_rows(source: Any, on_bad: str = "raise") -> tuple[list[dict], dict
         if problem is None:
             kept.append({"prompt": row["prompt"], "completions": completions, "scores": scores})
         elif on_bad == "raise":
-            raise DataError(f"{where}, row {i}: {_PROBLEM_TEXT[problem]}; fix or drop it, or pass on_bad='skip' "
+            empty = [c.strip() for c in completions].index("") if problem == "empty_completion" else None
+            raise DataError(f"{where}, row {i}: {_PROBLEM_TEXT[problem].format(empty=empty)}; fix or drop it, or pass on_bad='skip' "
                             "to drop such rows with a count")
         else:
             dropped[problem] += 1

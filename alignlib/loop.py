@@ -226,10 +226,19 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
         prompts = online_prompts(config, dataset)
         reward_fn = reward_fn or resolve_reward(config, tokenizer, reference.model or model, accelerator)
     del sampler
+    if config.precompute_ref_log_probs:  # one pass of π_ref over the data now, none per step; then free π_ref
+        from .batches import precompute_reference_logps
+
+        ref_model = (reference.model or model).to(accelerator.device)  # with --lora: the base before adapters
+        precompute_reference_logps(examples, Reference(ref_model), None, tokenizer.pad_token_id, accelerator.device)
+        reference = Reference(precomputed=True)
+        del ref_model
     if config.lora:
         model = add_lora(model, config.lora_r, config.lora_alpha, quantized=config.load_in_4bit)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if method.wrap_model is not None:  # e.g. PPO: policy + critic as one module (one optimizer, checkpoint, DDP)
+        model = method.wrap_model(model, config)
     model.train()
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
@@ -278,6 +287,11 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
         batches = OfflineBatches(examples, config.per_device_train_batch_size, accum, world_size,
                                  tokenizer.pad_token_id, config.seed, accelerator.device)
     ctx = StepContext(model=model, reference=reference, config=config)
+    unit = "prompts" if online else "pairs" if method.data == "pairs" else "lists" if method.data == "lists" else "examples"
+    if config.progress or config.logging_steps:
+        accelerator.print(f"effective batch: {config.per_device_train_batch_size} {unit} per device × {world_size} "
+                          f"process(es) × {accum} accumulation step(s) = "
+                          f"{config.per_device_train_batch_size * world_size * accum} {unit} per optimizer step")
     bar = tqdm(total=config.max_steps, initial=start_step, desc=f"{config.method} (seed {config.seed})",
                disable=not (config.progress and accelerator.is_main_process))
     for step in range(start_step, config.max_steps):
@@ -324,7 +338,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
             _save_checkpoint(accelerator, output_dir, step + 1, history, config, scheduler)
     bar.close()
 
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model)  # a wrapped model saves its extra parts next to the policy
     if start_step < config.max_steps or not (output_dir / "final").exists():
         _save_checkpoint(accelerator, output_dir, config.max_steps, history, config, scheduler)
         if accelerator.is_main_process:
@@ -332,6 +346,8 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
             tokenizer.save_pretrained(output_dir / "final")
             (output_dir / "history.json").write_text(json.dumps(history, indent=1))
         accelerator.wait_for_everyone()
+    if method.wrap_model is not None:
+        unwrapped = unwrapped.policy
     unwrapped.eval()
     return TrainResult(unwrapped, tokenizer, history, output_dir, reference, accelerator.num_processes)
 

@@ -16,6 +16,8 @@ import torch
 from .logprobs import sequence_logprobs
 from .lists import list_logps
 from .losses import LISTWISE_LOSSES, PAIRWISE_LOSSES, bradley_terry_loss, group, sft_loss
+from .ppo import ppo_source, ppo_step, wrap_with_critic
+from . import selfplay as _selfplay
 
 
 @dataclass
@@ -33,13 +35,17 @@ class StepContext:
 @dataclass(frozen=True)
 class Method:
     name: str
-    data: str  # "sft", "pairs", "lists" (offline) or "online_pairs", "online_groups" (sampled from the policy; alignlib.online)
+    data: str  # "sft", "pairs", "lists" (offline) or "online_pairs", "online_groups", "online_lists" (sampled from the policy; alignlib.online)
     needs_reference: bool
     step: Callable[[StepContext, dict], tuple[torch.Tensor, dict[str, float]]]
     model_kind: str = "causal_lm"  # or "reward": a sequence classifier with one output (the scalar reward)
     # online methods with their own batch source: a factory taking alignlib.loop.SourceContext
     # (default: the shared source of the data kind, OnlineGroups or OnlinePairs)
     source: Callable | None = None
+    # wrap_model(model, config) -> nn.Module with a `.policy` attribute: called on the policy before
+    # `accelerator.prepare`, so extra trained parts (PPO's critic) share its optimizer, DDP wrapper and
+    # checkpoints; sampling and the returned model use `.policy`; its save_pretrained saves both
+    wrap_model: Callable | None = None
 
 
 def _logps(model, batch):
@@ -54,6 +60,8 @@ def sft_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, flo
 def _policy_and_reference_logps(ctx: StepContext, batch: dict):
     """Return policy (ℓ [N], token log-probs [N, T−1], mask) and reference (ℓ_ref, token log-probs) of every row."""
     logps, token_lp, mask = _logps(ctx.model, batch)
+    if "ref_logps" in batch:  # precomputed before training (offline data, precompute_ref_log_probs)
+        return logps, token_lp, mask, batch["ref_logps"].to(logps.dtype), None
     with torch.no_grad(), ctx.reference.context(ctx.model) as ref:
         ref_logps, ref_token_lp, _ = _logps(ref, batch)
     return logps, token_lp, mask, ref_logps, ref_token_lp
@@ -131,6 +139,36 @@ def grpo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, fl
                   "kl": (logps - ref_logps).detach().mean().item(), **metrics}
 
 
+def _best_of_each_group(batch: dict, k: int) -> dict:
+    """Return the rows of an online-groups batch that are the best-scored of their prompt's k samples."""
+    keep = group.raft_select(batch["scores"], k, keep=1.0 / k, strategy="local")
+    return {key: value[keep] for key, value in batch.items()}
+
+
+def raft_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """RAFT, iterated: SFT on the best of each prompt's k fresh samples (reward-ranked fine-tuning, METHODS 2.6).
+
+    One optimizer step per sampled batch ("local" ranking, keep 1/k): the LMFlow
+    recipe with a round of one step. Scores: the reward of all samples, and of the kept ones.
+    """
+    best = _best_of_each_group(batch, ctx.config.samples_per_prompt)
+    _, token_lp, mask = _logps(ctx.model, best)
+    loss, metrics = sft_loss(token_lp, mask)
+    return loss, {**metrics, "score": batch["scores"].mean().item(), "kept_score": best["scores"].mean().item()}
+
+
+def superhf_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """SuperHF: cross-entropy on the best of each prompt's k samples + β · KL(π_ref ‖ π_θ) per token (METHODS 2.7)."""
+    best = _best_of_each_group(batch, ctx.config.samples_per_prompt)
+    ids, attn = best["input_ids"], best["attention_mask"]
+    logits = ctx.model(input_ids=ids, attention_mask=attn).logits
+    with torch.no_grad(), ctx.reference.context(ctx.model) as ref:
+        ref_logits = ref(input_ids=ids, attention_mask=attn).logits
+    loss, metrics = group.superhf_loss(logits[:, :-1], ref_logits[:, :-1], ids[:, 1:], best["completion_mask"][:, 1:],
+                                       kl_coef=ctx.config.beta)
+    return loss, {**metrics, "score": batch["scores"].mean().item(), "kept_score": best["scores"].mean().item()}
+
+
 def listwise_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """A listwise loss (`config.listwise_loss`) on B lists of K completions (rows completion-major, scores [B, K])."""
     logps, _, mask, ref_logps, _ = _policy_and_reference_logps(ctx, batch)
@@ -141,8 +179,32 @@ def listwise_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str
     return loss, {"loss": loss.item(), **metrics}
 
 
+def online_listwise_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """`listwise_step` on lists sampled from the current policy (alignlib.online.OnlineLists), plus their mean reward."""
+    loss, metrics = listwise_step(ctx, batch)
+    return loss, {**metrics, "score": batch["scores"].mean().item(),
+                  "lists_dropped": float(batch.get("lists_dropped", torch.tensor(0.0)))}
+
+
+def _online_lists_source(ctx):
+    from .online import online_lists_source
+
+    return online_lists_source(ctx)
+
+
+def cut_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """CUT on "cut" data: unlikelihood on the judgement-marked tokens, likelihood on all others (losses/feedback.py)."""
+    from .losses.feedback import cut_loss
+
+    _, token_lp, mask = _logps(ctx.model, batch)
+    return cut_loss(token_lp, mask, batch["unlikely_mask"][:, 1:], ctx.config.unlikelihood_weight,
+                    num_tokens=ctx.tokens_per_micro_batch)
+
+
 METHODS: dict[str, Method] = {
     "sft": Method("sft", data="sft", needs_reference=False, step=sft_step),
+    # language feedback (chapter 7): contrastive unlikelihood on judgement-marked tokens
+    "cut": Method("cut", data="cut", needs_reference=False, step=cut_step),
     "dpo": Method("dpo", data="pairs", needs_reference=True, step=dpo_step),
     "reward": Method("reward", data="pairs", needs_reference=False, step=reward_step, model_kind="reward"),
     "listwise": Method("listwise", data="lists", needs_reference=True, step=listwise_step),
@@ -150,4 +212,20 @@ METHODS: dict[str, Method] = {
     "online_dpo": Method("online_dpo", data="online_pairs", needs_reference=True, step=dpo_step),
     "rloo": Method("rloo", data="online_groups", needs_reference=True, step=rloo_step),
     "grpo": Method("grpo", data="online_groups", needs_reference=True, step=grpo_step),
+    "raft": Method("raft", data="online_groups", needs_reference=False, step=raft_step),
+    "superhf": Method("superhf", data="online_groups", needs_reference=True, step=superhf_step),
+    # PPO: rollouts + critic + minibatch epochs (alignlib.ppo)
+    "ppo": Method("ppo", data="online_rollouts", needs_reference=True, step=ppo_step, source=ppo_source,
+                  wrap_model=wrap_with_critic),
+    "online_listwise": Method("online_listwise", data="online_lists", needs_reference=True,
+                              step=online_listwise_step, source=_online_lists_source),
+    # self-play on the world's general preference P(y ≻ y'), no reward (alignlib.selfplay; chapter 5)
+    "nash_md": Method("nash_md", data="online_pairs", needs_reference=True, step=_selfplay.nash_md_step,
+                      source=_selfplay.nash_md_source),
+    "sppo": Method("sppo", data="online_groups", needs_reference=True, step=_selfplay.sppo_step,
+                   source=_selfplay.win_rate_source),
+    "dno": Method("dno", data="online_groups", needs_reference=True, step=_selfplay.dno_step,
+                  source=_selfplay.win_rate_source),
+    "inpo": Method("inpo", data="online_pairs", needs_reference=True, step=_selfplay.inpo_step,
+                   source=_selfplay.inpo_source),
 }

@@ -122,9 +122,13 @@ class Reference:
     """The frozen reference policy π_ref: a separate model, or the policy with its adapters switched off."""
 
     model: torch.nn.Module | None = None  # None: use the policy's adapters-off base
+    precomputed: bool = False  # its log-probs were computed before training and the model freed
 
     def context(self, policy):
         """Return a context manager under which the model to call is the reference."""
+        if self.precomputed:
+            raise RuntimeError("the reference's log-probs were precomputed (precompute_ref_log_probs) and the "
+                               "reference model was freed; read batch['ref_logps'] instead")
         if self.model is not None:
             return contextlib.nullcontext(self.model)
         return _adapters_off(policy)

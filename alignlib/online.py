@@ -12,6 +12,9 @@ fresh on-policy data:
                    gold preference oracle, or a reward function); rows are
                    B chosen then B rejected, the layout of offline pairs, so
                    online DPO is the offline DPO step on this source.
+    OnlineLists    K distinct completions per prompt, scored by a reward function;
+                   rows completion-major with `scores` [B, K], the layout of
+                   offline lists, so online listwise is the listwise step on it.
 
 Sampling is pure (temperature 1 unless set, no top-k/top-p; see
 `alignlib.rollout`) and seeded by (seed, step, micro-step, process), so a run
@@ -22,6 +25,7 @@ sampled batch: the samples are exactly on-policy, and importance ratios are 1.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -140,3 +144,90 @@ def judge_by_oracle(world, label_noise: float = 0.0) -> Callable:
         return world.prefer(list(prompts), list(a), list(b), seed=seed, label_noise=label_noise)
 
     return judge
+
+
+class OnlineLists(_OnlineSource):
+    """Lists of K distinct completions per prompt from the current policy, scored by `reward_fn`.
+
+    The batch has the layout of offline lists (`alignlib.lists.collate_lists`): row
+    j·B + b is completion j of list b, and `scores` [B, K] holds their rewards, so the
+    listwise step of `--method listwise` trains on it unchanged (`online_listwise`).
+
+    Duplicates. A list is a ranking of distinct completions: the same text twice would be a
+    tie with itself and would count one sequence twice in every Plackett–Luce denominator.
+    The slots of a list that repeat an earlier completion are therefore redrawn (seeded, up
+    to `max_redraws` rounds, each drawing only the missing slots), i.e. the K completions are
+    sampled from π without replacement. A list still short of K distinct completions after
+    that, or whose K rewards are all equal (no ranking signal), is dropped from the
+    micro-batch; ties among some completions are kept (the losses never compare tied
+    completions). `self.dropped` counts the dropped lists by reason and `self.redrawn` the
+    redrawn slots; the batch also carries `lists_dropped` (a 0-d tensor) for the step's metrics.
+    """
+
+    def __init__(self, *args, reward_fn: RewardFn, list_size: int, max_redraws: int = 4, **kwargs):
+        super().__init__(*args, **kwargs)
+        if list_size < 2:
+            raise ValueError(f"a list ranks K ≥ 2 completions of one prompt: list_size (samples_per_prompt) must be "
+                             f"≥ 2, got {list_size}")
+        if max_redraws < 0:
+            raise ValueError(f"max_redraws must be ≥ 0, got {max_redraws}")
+        self.reward_fn, self.k, self.max_redraws = reward_fn, list_size, max_redraws
+        self.dropped = {"duplicate_completion": 0, "all_tied": 0}
+        self.redrawn = 0
+
+    def _distinct_lists(self, prompts: list[str], step: int, micro: int, rank: int) -> list[list]:
+        """Return, per prompt, up to K (prompt_ids, completion_ids, text) with distinct texts, in draw order."""
+        s = self._sample([p for p in prompts for _ in range(self.k)], step, micro, rank)
+        lists: list[list] = [[] for _ in prompts]
+        for i in range(len(s.texts)):
+            target = lists[i // self.k]
+            if all(s.texts[i] != text for _, _, text in target):
+                target.append((s.prompt_ids[i], s.completion_ids[i], s.texts[i]))
+        for redraw in range(1, self.max_redraws + 1):
+            short = [b for b, items in enumerate(lists) if len(items) < self.k]
+            if not short:
+                break
+            need = [(b, self.k - len(lists[b])) for b in short]
+            self.redrawn += sum(n for _, n in need)
+            # a seed of its own per round: (seed, step, micro, rank) with the round folded into the micro index
+            extra = self._sample([prompts[b] for b, n in need for _ in range(n)], step,
+                                 micro + redraw * 1_000_003, rank)
+            i = 0
+            for b, n in need:
+                for _ in range(n):
+                    if len(lists[b]) < self.k and all(extra.texts[i] != text for _, _, text in lists[b]):
+                        lists[b].append((extra.prompt_ids[i], extra.completion_ids[i], extra.texts[i]))
+                    i += 1
+        return lists
+
+    def micro_batch(self, step: int, micro: int, rank: int) -> dict[str, torch.Tensor]:
+        prompts = self.step_prompts(step, micro, rank)
+        lists = self._distinct_lists(prompts, step, micro, rank)
+        kept, kept_scores = [], []
+        for prompt, items in zip(prompts, lists):
+            if len(items) < self.k:
+                self.dropped["duplicate_completion"] += 1
+                continue
+            scores = [float(r) for r in self.reward_fn([prompt] * self.k, [t for _, _, t in items])]
+            if not all(math.isfinite(r) for r in scores):
+                raise ValueError(f"the reward function returned a non-finite score for prompt {prompt!r}; "
+                                 "check the reward model or function")
+            if len(set(scores)) == 1:
+                self.dropped["all_tied"] += 1
+                continue
+            kept.append(items)
+            kept_scores.append(scores)
+        if not kept:
+            raise ValueError(f"every one of the {len(prompts)} sampled lists of step {step} was dropped "
+                             f"(dropped so far: {self.dropped}): the policy repeats itself or the reward cannot "
+                             "tell its samples apart; use fewer samples_per_prompt, a higher temperature or a "
+                             "finer reward")
+        rows = [(items[j][0], items[j][1]) for j in range(self.k) for items in kept]  # completion-major
+        return self._tensors(rows, scores=torch.tensor(kept_scores, dtype=torch.float32),
+                             lists_dropped=torch.tensor(float(len(prompts) - len(kept))))
+
+
+def online_lists_source(ctx) -> OnlineLists:
+    """`Method.source` of online_listwise: lists of `samples_per_prompt` completions scored by `ctx.reward_fn`."""
+    return OnlineLists(ctx.policy, ctx.tokenizer, ctx.prompts, reward_fn=ctx.reward_fn,
+                       list_size=ctx.config.samples_per_prompt, **ctx.common())

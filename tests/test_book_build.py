@@ -115,3 +115,72 @@ def test_no_cdn_urls(built_book: Path):
         if EXTERNAL_ASSET.search(text):
             offenders.append(f"{path.relative_to(built_book)}: external script or stylesheet")
     assert not offenders, "network assets in the built book:\n" + "\n".join(offenders)
+
+
+# ------------------------------------------------------------ real browser
+BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync")
+# a math element, then (display equations) its equation number, then what MathJax left there
+MATH_ELEMENT = re.compile(r'class="math notranslate nohighlight"[^>]*>\s*(?:<span class="eqno">.*?</span>\s*)?(.{0,16})',
+                          re.S)
+IMG_SRC = re.compile(r'<img[^>]+src="([^"]+)"')
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.fixture(scope="module")
+def served_book(built_book: Path):
+    """Serve the built book over HTTP on localhost (as a reader's browser would load it)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_book))
+    handler.log_message = lambda *args, **kwargs: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def rendered_dom(chromium: str, url: str) -> str:
+    """Return the DOM of `url` after scripts ran (MathJax typesets on load), from headless Chromium."""
+    proc = subprocess.run([chromium, *BROWSER_FLAGS, "--virtual-time-budget=30000", "--dump-dom", url],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0 and "<html" in proc.stdout, f"chromium failed on {url}:\n{proc.stderr[-2000:]}"
+    return proc.stdout
+
+
+def test_every_page_renders_its_math_in_a_real_browser(built_book: Path, served_book: str):
+    """In headless Chromium every math element of every chapter is typeset by the local MathJax, without
+    errors, and every image a page shows exists in the built book."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium here; CI installs it (apt-get install chromium), see README")
+    pages = [built_book / "book" / "notation.html", *sorted((built_book / "chapters").glob("*.html"))]
+    problems, typeset = [], 0
+    for page in pages:
+        rel = page.relative_to(built_book).as_posix()
+        dom = rendered_dom(chromium, f"{served_book}/{rel}")
+        starts = MATH_ELEMENT.findall(dom)
+        if not starts:
+            problems.append(f"{rel}: no math element found (is it the right page?)")
+        raw = [s for s in starts if not s.lstrip().startswith("<mjx-container")]
+        if raw:
+            problems.append(f"{rel}: {len(raw)} of {len(starts)} math elements not typeset, e.g. {raw[0]!r}")
+        if "<mjx-merror" in dom:
+            problems.append(f"{rel}: MathJax reported an error in a formula")
+        typeset += len(starts) - len(raw)
+        for src in IMG_SRC.findall(page.read_text(encoding="utf-8")):
+            if src.startswith("data:"):
+                continue
+            if re.match(r"(https?:)?//", src) or not (page.parent / src.split("?")[0]).resolve().is_file():
+                problems.append(f"{rel}: image {src[:80]} is missing or remote")
+    print(f"headless Chromium: {typeset} math elements typeset on {len(pages)} pages")
+    assert not problems, "\n".join(problems)

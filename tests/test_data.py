@@ -98,14 +98,39 @@ def test_unsupported_suffix_and_missing_file(tmp_path):
         load_rows(tmp_path / "nope.jsonl", "pairs")
 
 
-def test_conversational_data_is_refused_with_a_hint():
-    """Lists of messages (TRL's conversational format) raise DataError pointing to apply_chat_template."""
-    row = {"prompt": [{"role": "user", "content": "review the pizza"}],
-           "chosen": [{"role": "assistant", "content": "good"}],
-           "rejected": [{"role": "assistant", "content": "bad"}]}
-    with pytest.raises(DataError) as err:
-        load_rows([row], "pairs")
-    assert "conversational" in str(err.value) and "apply_chat_template" in str(err.value)
+CHAT_ROW = {"prompt": [{"role": "user", "content": "review the pizza :"}],
+            "chosen": [{"role": "assistant", "content": "the pizza was good ."}],
+            "rejected": [{"role": "assistant", "content": "the pizza was bad ."}]}
+# A chat template whose markers are words of the pocket vocabulary, so every token is known.
+POCKET_CHAT_TEMPLATE = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token }}{{ m['content'] }}"
+                        "{% else %} {{ m['content'] }}{% endif %}{% endfor %}")
+
+
+def test_conversational_rows_render_through_the_chat_template(tokenizer):
+    """TRL's conversational format: rendered by the chat template, the tokens equal the standard row's."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = POCKET_CHAT_TEMPLATE
+    (chat,) = tokenize_rows(load_rows([CHAT_ROW], "pairs"), tok, "pairs")
+    (text,) = tokenize_rows(load_rows([GOOD], "pairs"), tok, "pairs")
+    assert chat.prompt_ids == text.prompt_ids and chat.completions == text.completions
+    assert tok.unk_token_id not in chat.prompt_ids + chat.completions[0]
+
+
+def test_conversational_errors_name_the_problem(tokenizer):
+    """No chat template, malformed messages and mixed formats raise DataError with the fix."""
+    rows = load_rows([CHAT_ROW], "pairs")
+    with pytest.raises(DataError, match="chat template"):
+        tokenize_rows(rows, tokenizer, "pairs")
+    with pytest.raises(DataError, match="role"):
+        load_rows([{**CHAT_ROW, "chosen": [{"content": "good"}]}], "pairs")
+    with pytest.raises(DataError, match="empty list of messages"):
+        load_rows([{**CHAT_ROW, "rejected": []}], "pairs")
+    with pytest.raises(DataError, match="one format per row"):
+        load_rows([{**CHAT_ROW, "chosen": "the pizza was good ."}], "pairs")
+    with pytest.raises(DataError, match="same text"):
+        load_rows([{**CHAT_ROW, "rejected": CHAT_ROW["chosen"]}], "pairs")
 
 
 def test_empty_data_and_non_object_rows():
@@ -220,3 +245,11 @@ def test_collate_examples_puts_chosen_rows_first(tokenizer):
     # SFT examples (one completion each) collate to B rows
     sft = tokenize_rows([{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows], tokenizer, "sft")
     assert collate_examples(sft, tokenizer.pad_token_id)["input_ids"].shape[0] == b
+
+
+def test_hub_dataset_id_offline_is_a_clear_error(monkeypatch):
+    """A `datasets` hub id is accepted as a source; offline it fails with a message naming the fix."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="network access"):
+        load_rows("no-such-owner/no-such-dataset:train", "pairs")

@@ -278,7 +278,6 @@ def _with(**changes):
     (_with(scores=[1.0, 2.0, 3.0]), "4 completions but 3 scores"),
     (_with(completions=TEXTS[:1], scores=[1.0]), "K ≥ 2"),
     (_with(completions="the pizza"), "expected a list of strings"),
-    (_with(completions=[TEXTS[0], "  "] + TEXTS[2:]), "completion 1 is empty"),
     (_with(scores=[1, "2", 3, 4]), "expected a list of numbers"),
     (_with(scores=[True, False, 1, 0]), "expected a list of numbers"),
     ({"prompt": "p", "completions": TEXTS, "ranks": [1, 2, 5, 3]}, "from 1 (best) to K=4"),
@@ -298,6 +297,7 @@ def test_lists_of_different_k_name_the_rows():
 
 
 @pytest.mark.parametrize("bad, reason, message", [
+    (_with(completions=[TEXTS[0], "  "] + TEXTS[2:]), "empty_completion", "completion 1 is empty"),
     (_with(scores=[1.0, float("nan"), 0.0, 2.0]), "non_finite_score", "NaN or infinite"),
     (_with(scores=[1.0, float("inf"), 0.0, 2.0]), "non_finite_score", "NaN or infinite"),
     (_with(completions=[TEXTS[0], TEXTS[1], TEXTS[0], TEXTS[3]]), "duplicate_completion", "appears twice"),
@@ -432,3 +432,73 @@ def test_listwise_config_errors():
     with pytest.raises(ValueError, match="beta .* must be > 0 for --method dpo"):
         TrainConfig(method="dpo", beta=0.0)
     TrainConfig(method="grpo", beta=0.0)  # GRPO without a KL term is TRL's default
+
+
+# ------------------------------------------------------------------ online lists (alignlib.online.OnlineLists)
+def _online_lists(model, tok, world, k=4, **kw):
+    from alignlib.online import OnlineLists
+
+    args = {"per_device": 6, "accumulation": 1, "world_size": 1, "seed": 3, "max_new_tokens": 16,
+            "reward_fn": world.gold_reward}
+    args.update(kw)
+    return OnlineLists(lambda: model, tok, world.prompts("train"), list_size=k, **args)
+
+
+def _decoded(tok, batch):
+    return [tok.decode(row[m.bool()], skip_special_tokens=True).strip()
+            for row, m in zip(batch["input_ids"], batch["completion_mask"])]
+
+
+def test_online_lists_are_seeded_distinct_scored_and_completion_major(pocket_reviews, reviews_world):
+    model, tok = pocket_reviews
+    src = _online_lists(model, tok, reviews_world)
+    a, b = src.micro_batch(2, 0, 0), src.micro_batch(2, 0, 0)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key  # a function of (seed, step, micro, rank)
+    n = a["scores"].shape[0]
+    assert a["scores"].shape == (n, 4) and a["input_ids"].shape[0] == 4 * n and n + a["lists_dropped"].item() == 6
+    texts = _decoded(tok, a)
+    lists = [[texts[j * n + b] for j in range(4)] for b in range(n)]      # row j·B + b is completion j of list b
+    for b, items in enumerate(lists):
+        assert len(set(items)) == 4, items                                  # no completion twice in a list
+        assert len(set(a["scores"][b].tolist())) > 1                        # never a list of ties only
+    assert n == 6  # (seed 3: no list dropped, so list b answers prompt b)
+    prompts = src.step_prompts(2, 0, 0)
+    gold = reviews_world.gold_reward([p for p in prompts for _ in range(4)], [t for items in lists for t in items])
+    assert a["scores"].flatten().tolist() == pytest.approx(gold, abs=1e-6)
+
+
+def test_online_lists_redraw_duplicates_and_drop_what_cannot_be_ranked(pocket_reviews, reviews_world):
+    """At a low temperature samples repeat: repeats are redrawn, and lists still short of K distinct are dropped."""
+    model, tok = pocket_reviews
+    src = _online_lists(model, tok, reviews_world, k=8, temperature=0.4, per_device=8)
+    batches = [src.micro_batch(step, 0, 0) for step in range(3)]
+    assert src.redrawn > 0
+    for batch in batches:
+        n = batch["scores"].shape[0]
+        texts = _decoded(tok, batch)
+        assert all(len({texts[j * n + b] for j in range(8)}) == 8 for b in range(n))
+    assert sum(batch["lists_dropped"].item() for batch in batches) == sum(src.dropped.values())
+    # a reward that cannot tell samples apart leaves nothing to rank: a clear error, not a NaN loss
+    flat = _online_lists(model, tok, reviews_world, reward_fn=lambda p, t: [0.5] * len(t))
+    with pytest.raises(ValueError, match="every one of the 6 sampled lists"):
+        flat.micro_batch(0, 0, 0)
+    with pytest.raises(ValueError, match="list_size"):
+        _online_lists(model, tok, reviews_world, k=1)
+
+
+def test_online_listwise_method_trains_through_the_loop(tmp_path, reviews_world):
+    """--method online_listwise: the listwise step on lists sampled from the policy being trained."""
+    from alignlib.config import TrainConfig
+    from alignlib.loop import train
+    from alignlib.methods import METHODS
+
+    assert METHODS["online_listwise"].step is not None and METHODS["online_listwise"].source is not None
+    cfg = TrainConfig(method="online_listwise", listwise_loss="listmle", samples_per_prompt=4, max_steps=4,
+                      per_device_train_batch_size=4, max_new_tokens=16, output_dir=str(tmp_path / "ol"),
+                      save_steps=0, progress=False, logging_steps=0)
+    history = train(cfg).history
+    assert len(history) == 4 and all(math.isfinite(r["loss"]) and math.isfinite(r["score"]) for r in history)
+    assert "rewards/accuracies" in history[0] and "lists_dropped" in history[0]
+    with pytest.raises(ValueError, match="online_listwise ranks samples of one prompt"):
+        TrainConfig(method="online_listwise", samples_per_prompt=1)

@@ -57,8 +57,11 @@ def test_prompt_splits_are_disjoint_and_complete(world):
 
 
 def test_unknown_world_lists_valid_ones():
-    with pytest.raises(ValueError, match="valid worlds: intransitive, reviews"):
+    from alignlib.worlds import WORLDS
+
+    with pytest.raises(ValueError, match="valid worlds: " + ", ".join(sorted(WORLDS))):
         get_world("nope")
+    assert {"reviews", "intransitive", "constrained", "tutor", "two_populations"} <= set(WORLDS)
 
 
 # ------------------------------------------------------------- gold judgement

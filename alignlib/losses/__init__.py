@@ -7,6 +7,7 @@
     listwise   ranked lists: ListMLE, ListNet, LiPO-λ, PRO (LISTWISE_LOSSES)
     nash       general preferences: Nash-MD, SPPO, DNO, INPO
     sft        token-averaged negative log-likelihood
+    feedback   language feedback: CUT's contrastive unlikelihood, hindsight flags
 """
 
 from . import group, listwise, nash, pairwise, ppo, reward
@@ -14,6 +15,8 @@ from .listwise import LISTWISE_LOSSES
 from .pairwise import PAIRWISE_LOSSES, dpo_loss
 from .reward import bradley_terry_loss, ensemble_reward, preference_strength
 from .sft import sft_loss
+from . import feedback
+from .feedback import cut_loss
 
 __all__ = ["PAIRWISE_LOSSES", "LISTWISE_LOSSES", "dpo_loss", "sft_loss", "bradley_terry_loss", "ensemble_reward", "preference_strength",
-           "pairwise", "ppo", "group", "listwise", "nash", "reward"]
+           "pairwise", "ppo", "group", "listwise", "nash", "reward", "feedback", "cut_loss"]

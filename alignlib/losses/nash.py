@@ -146,6 +146,38 @@ def sppo_loss(
     return losses.mean(), reward_metrics(rho_w, rho_l, beta)
 
 
+def sppo_group_loss(
+    policy_logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    win_rates: torch.Tensor,
+    eta: float = 1000.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """Return SPPO's regression on every sample (mean over samples) and metrics.
+
+    With ρ(y) = ℓ_θ(y) − ℓ_{π_t}(y) against the previous iterate and P̂(y ≻ π_t) its
+    estimated win rate:
+
+        L = mean_y ( ρ(y) − η (P̂(y) − ½) )²                                    (eq-sppo-group-loss)
+
+    the same per-sample regression as (eq-sppo-loss) (Wu et al. 2024, eq. 4.7, η = 1/β),
+    applied to all K samples of a prompt instead of its best and worst; on a batch laid
+    out as chosen then rejected it equals `sppo_loss` with β = 1/η. Its minimiser is
+    ρ = η(P̂ − ½), the multiplicative-weights step with log Z ≈ η/2. η = 1000 is the
+    authors' (β = 0.001). Shapes: all inputs [N]; scalar loss.
+    Metrics: sppo/rho (mean ρ), sppo/target (mean η(P̂ − ½)), sppo/win_rate (mean P̂).
+    """
+    if eta <= 0:
+        raise ValueError(f"eta (SPPO's step size, 1/β) must be > 0, got {eta}")
+    _same_shape(policy_logps, ref_logps=ref_logps)
+    rates = _check_probs(win_rates, "SPPO win rates").to(policy_logps.dtype)
+    _same_shape(policy_logps, win_rates=rates)
+    rho = policy_logps - ref_logps
+    target = eta * (rates - 0.5)
+    loss = ((rho - target) ** 2).mean()
+    return loss, {"sppo/rho": rho.detach().mean().item(), "sppo/target": target.mean().item(),
+                  "sppo/win_rate": rates.mean().item()}
+
+
 # ------------------------------------------------------------------ DNO
 def dno_loss(
     policy_chosen_logps: torch.Tensor,
