@@ -153,8 +153,9 @@ class TrainConfig:
         if self.loss_type not in PAIRWISE_LOSSES:
             raise ValueError(f"unknown loss_type {self.loss_type!r}; valid: {', '.join(sorted(PAIRWISE_LOSSES))}")
         if self.loss_type in NEEDS_ONLINE_INPUTS:
-            raise ValueError(f"loss_type {self.loss_type!r} needs {NEEDS_ONLINE_INPUTS[self.loss_type]}, which an "
-                             "offline pair data set does not have; it runs in the online pair mode")
+            raise ValueError(f"loss_type {self.loss_type!r} needs {NEEDS_ONLINE_INPUTS[self.loss_type]}, which "
+                             "neither offline pairs nor the online pair mode provide yet; call the loss function "
+                             f"(alignlib.losses.PAIRWISE_LOSSES[{self.loss_type!r}]) from a method of your own")
         from .losses import LISTWISE_LOSSES
 
         if self.listwise_loss not in LISTWISE_LOSSES:

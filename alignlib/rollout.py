@@ -28,6 +28,17 @@ class Samples:
 
 
 @torch.no_grad()
+def left_pad(prompt_ids: Sequence[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (input_ids, attention_mask) [N, max length] with the prompts left-padded, for batched generation."""
+    width = max(len(p) for p in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        input_ids[i, width - len(p):] = torch.tensor(p)
+        attention[i, width - len(p):] = 1
+    return input_ids, attention
+
+
 def sample(
     model,
     tokenizer,
@@ -53,12 +64,7 @@ def sample(
     completion_ids: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompt_ids[start : start + batch_size]
-        width = max(len(p) for p in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, p in enumerate(chunk):
-            input_ids[i, width - len(p):] = torch.tensor(p)
-            attention[i, width - len(p):] = 1
+        input_ids, attention = left_pad(chunk, pad)
         out = model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention.to(device),
@@ -70,7 +76,7 @@ def sample(
             eos_token_id=eos,
             pad_token_id=pad,
         )
-        for row in out[:, width:].tolist():
+        for row in out[:, input_ids.shape[1]:].tolist():
             ids = []
             for t in row:
                 ids.append(t)

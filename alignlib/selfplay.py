@@ -43,7 +43,7 @@ from .losses.nash import (
 )
 from .nash_games import check_probabilities, group_win_rates
 from .online import OnlinePairs, _OnlineSource, judge_by_oracle, sampling_seed
-from .rollout import Samples, sample
+from .rollout import Samples, left_pad, sample
 
 
 # ------------------------------------------------------------------ sampling from the geometric mixture
@@ -91,19 +91,14 @@ def sample_mixture(policy, reference, tokenizer, prompts: Sequence[str], mixture
     completion_ids: list[list[int]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompt_ids[start: start + batch_size]
-        width = max(len(p) for p in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, p in enumerate(chunk):  # left padding, as `rollout.sample`
-            input_ids[i, width - len(p):] = torch.tensor(p)
-            attention[i, width - len(p):] = 1
+        input_ids, attention = left_pad(chunk, pad)  # as `rollout.sample`
         attention = attention.to(device)
         out = policy.generate(input_ids=input_ids.to(device), attention_mask=attention, do_sample=True,
                               temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
                               eos_token_id=eos, pad_token_id=pad,
                               logits_processor=LogitsProcessorList([_MixtureLogits(reference, attention,
                                                                                    mixture_coef)]))
-        for row in out[:, width:].tolist():
+        for row in out[:, input_ids.shape[1]:].tolist():
             ids = []
             for t in row:
                 ids.append(t)

@@ -536,7 +536,7 @@ def test_loop_step_matches_trl(policy_and_ref, rows, tmp_path, case):
 def test_config_refuses_losses_that_need_online_inputs():
     from alignlib.config import TrainConfig
 
-    with pytest.raises(ValueError, match="xpo.*samples from π_ref.*online pair mode"):
+    with pytest.raises(ValueError, match="xpo.*samples from π_ref.*online pair mode provide"):
         TrainConfig(method="dpo", loss_type="xpo")
     with pytest.raises(ValueError, match="unknown loss_type 'dpop'"):
         TrainConfig(method="dpo", loss_type="dpop")

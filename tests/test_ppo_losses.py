@@ -440,3 +440,31 @@ def test_pf_filter_strategies():
         assert len(idx) == 4 and len(set(idx.tolist())) == 4 and {1, 4} <= set(idx.tolist())
         assert all(i // 4 == j for i, j in zip(idx.tolist(), [0, 0, 1, 1]))
     assert pf_filter(torch.zeros(3), k=3, strategy="best_worst").tolist() == [0, 1]
+
+
+def test_a_prompt_dependent_reward_shift_changes_ppo_but_not_p3o():
+    """Issue 4's property: adding c(x) to both completions' rewards leaves P3O's gradient unchanged and moves a
+    PPO-style gradient (sequence-level advantage = reward, no baseline: each completion is its own trajectory)."""
+    from alignlib.losses.ppo import ppo_policy_loss
+
+    g = torch.Generator().manual_seed(3)
+    old1, old2 = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    s1, s2 = torch.randn(6, generator=g), torch.randn(6, generator=g)
+    c = 5.0 * torch.randn(6, generator=g)
+
+    def grads(loss_fn, shift):
+        l1 = (old1 + 0.05 * torch.randn(6, generator=torch.Generator().manual_seed(1))).requires_grad_(True)
+        l2 = (old2 + 0.05 * torch.randn(6, generator=torch.Generator().manual_seed(2))).requires_grad_(True)
+        loss_fn(l1, l2, s1 + shift, s2 + shift).backward()
+        return torch.cat([l1.grad, l2.grad])
+
+    def p3o(l1, l2, r1, r2):
+        return p3o_loss(l1, old1, l2, old2, r1, r2)[0]
+
+    def ppo(l1, l2, r1, r2):
+        mask = torch.ones(12, 1)
+        return ppo_policy_loss(torch.cat([l1, l2])[:, None], torch.cat([old1, old2])[:, None],
+                               torch.cat([r1, r2])[:, None], mask)[0]
+
+    assert torch.allclose(grads(p3o, 0.0), grads(p3o, c), atol=1e-6)
+    assert (grads(ppo, 0.0) - grads(ppo, c)).abs().max().item() > 1e-2

@@ -15,6 +15,28 @@ from dataclasses import dataclass
 from typing import Sequence
 
 
+def prompt_topic(prompt: str) -> str | None:
+    """Return the thing a prompt asks about: the word after the last "the" (None if there is none)."""
+    words = prompt.split()
+    for i in range(len(words) - 1, -1, -1):
+        if words[i] == "the" and i + 1 < len(words):
+            return words[i + 1]
+    return None
+
+
+def split_sentences(response: str, end_marks: Sequence[str] = (".", "!")) -> list[list[str]]:
+    """Split into sentences (word lists, end mark kept last); a fragment without an end mark gets "<unfinished>"."""
+    sentences, current = [], []
+    for word in response.split():
+        current.append(word)
+        if word in end_marks:
+            sentences.append(current)
+            current = []
+    if current:
+        sentences.append(current + ["<unfinished>"])
+    return sentences
+
+
 @dataclass(frozen=True)
 class Example:
     """One supervised example: a prompt and a good completion for it."""

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..nash_games import check_probabilities, cyclic_preference_matrix
-from .base import Example, World
+from .base import Example, World, prompt_topic, split_sentences
 
 TOPICS = [
     "lake", "forest", "city", "mountain", "river", "garden", "ocean", "village", "desert", "bridge",
@@ -59,7 +59,6 @@ STYLE_WORDS = (
     frozenset(POETIC_VERBS + POETIC_ADVERBS + POETIC_IMAGES + ["like"]),
     frozenset(PLAYFUL_ADJ + PLAYFUL_VERBS + ["wow", "totally"]),
 )
-SENTENCE_ENDS = (".", "!")
 
 SFT_STYLE_MIX = (0.7, 0.2, 0.1)   # skewed: the SFT policy's best response (playful) wins often
 STYLE_WEIGHT = 0.75               # w in (eq-intransitive-preference)
@@ -68,26 +67,8 @@ REPETITION_PENALTY = 0.5
 OFF_TOPIC_PENALTY = 0.5
 
 
-def prompt_topic(prompt: str) -> str | None:
-    """Return the place a prompt asks about (the word after the last "the")."""
-    words = prompt.split()
-    for i in range(len(words) - 1, -1, -1):
-        if words[i] == "the" and i + 1 < len(words):
-            return words[i + 1]
-    return None
 
 
-def split_sentences(response: str) -> list[list[str]]:
-    """Split into sentences (word lists, end mark kept last); a fragment without an end mark gets "<unfinished>"."""
-    sentences, current = [], []
-    for word in response.split():
-        current.append(word)
-        if word in SENTENCE_ENDS:
-            sentences.append(current)
-            current = []
-    if current:
-        sentences.append(current + ["<unfinished>"])
-    return sentences
 
 
 def parse_sentence(words: list[str]) -> tuple[int, str | None] | None:

@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .base import Example, World
+from .base import split_sentences as _split_sentences
 
 STYLES = ("direct", "solution", "scaffold", "hint")
 SFT_STYLE_MIX = (0.6, 0.3, 0.07, 0.03)      # ordinary chat data: mostly answers
@@ -136,17 +137,11 @@ def all_problems() -> list[Problem]:
     return out
 
 
+
+
 def split_sentences(response: str) -> list[list[str]]:
-    """Split into sentences (word lists, end mark kept last); a fragment without an end mark gets "<unfinished>"."""
-    sentences, current = [], []
-    for word in response.split():
-        current.append(word)
-        if word in END_MARKS:
-            sentences.append(current)
-            current = []
-    if current:
-        sentences.append(current + ["<unfinished>"])
-    return sentences
+    """Split a tutor turn into sentences ending in ".", "?" or "!" (see `base.split_sentences`)."""
+    return _split_sentences(response, END_MARKS)
 
 
 def _number(word: str) -> int | None:

@@ -44,7 +44,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from .base import Example, World
+from .base import Example, World, prompt_topic, split_sentences
 
 TOPICS = ["lake", "forest", "city", "mountain", "river", "garden", "village", "bridge",
           "castle", "island", "market", "museum"]
@@ -59,7 +59,6 @@ REGISTER_WORDS = (
     frozenset(FORMAL_ADJ + FORMAL_NOUNS + ["offers", "excellent"]),
     frozenset(CASUAL_ADJ + CASUAL_INTENSIFIERS + ["you", "love"]),
 )
-SENTENCE_ENDS = (".", "!")
 MAX_SENTENCES = 4
 
 #: the weights ×100 a direction header may carry: round(100 cos θ) for θ on a 15° grid
@@ -69,26 +68,8 @@ REPETITION_PENALTY = 0.5
 OFF_TOPIC_PENALTY = 0.5
 
 
-def prompt_topic(prompt: str) -> str | None:
-    """Return the place a prompt asks about (the word after the last "the")."""
-    words = prompt.split()
-    for i in range(len(words) - 1, -1, -1):
-        if words[i] == "the" and i + 1 < len(words):
-            return words[i + 1]
-    return None
 
 
-def split_sentences(response: str) -> list[list[str]]:
-    """Split into sentences (word lists, end mark kept last); a fragment without an end mark gets "<unfinished>"."""
-    sentences, current = [], []
-    for word in response.split():
-        current.append(word)
-        if word in SENTENCE_ENDS:
-            sentences.append(current)
-            current = []
-    if current:
-        sentences.append(current + ["<unfinished>"])
-    return sentences
 
 
 def parse_sentence(words: list[str]) -> tuple[int, str | None] | None:
