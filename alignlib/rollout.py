@@ -39,6 +39,15 @@ def left_pad(prompt_ids: Sequence[list[int]], pad_token_id: int) -> tuple[torch.
     return input_ids, attention
 
 
+def cut_at_eos(rows: list[list[int]], eos_token_id: int) -> list[list[int]]:
+    """Return each generated row up to and including its first EOS (all of it if there is none)."""
+    out = []
+    for row in rows:
+        end = row.index(eos_token_id) + 1 if eos_token_id in row else len(row)
+        out.append(row[:end])
+    return out
+
+
 def sample(
     model,
     tokenizer,
@@ -76,13 +85,7 @@ def sample(
             eos_token_id=eos,
             pad_token_id=pad,
         )
-        for row in out[:, input_ids.shape[1]:].tolist():
-            ids = []
-            for t in row:
-                ids.append(t)
-                if t == eos:
-                    break
-            completion_ids.append(ids)
+        completion_ids += cut_at_eos(out[:, input_ids.shape[1]:].tolist(), eos)
     texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in completion_ids]
     if was_training:
         model.train()

@@ -43,7 +43,7 @@ from .losses.nash import (
 )
 from .nash_games import check_probabilities, group_win_rates
 from .online import OnlinePairs, _OnlineSource, judge_by_oracle, sampling_seed
-from .rollout import Samples, left_pad, sample
+from .rollout import Samples, cut_at_eos, left_pad, sample
 
 
 # ------------------------------------------------------------------ sampling from the geometric mixture
@@ -98,13 +98,7 @@ def sample_mixture(policy, reference, tokenizer, prompts: Sequence[str], mixture
                               eos_token_id=eos, pad_token_id=pad,
                               logits_processor=LogitsProcessorList([_MixtureLogits(reference, attention,
                                                                                    mixture_coef)]))
-        for row in out[:, input_ids.shape[1]:].tolist():
-            ids = []
-            for t in row:
-                ids.append(t)
-                if t == eos:
-                    break
-            completion_ids.append(ids)
+        completion_ids += cut_at_eos(out[:, input_ids.shape[1]:].tolist(), eos)
     texts = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in completion_ids]
     if was_training:
         policy.train()
