@@ -184,3 +184,76 @@ def test_every_page_renders_its_math_in_a_real_browser(built_book: Path, served_
                 problems.append(f"{rel}: image {src[:80]} is missing or remote")
     print(f"headless Chromium: {typeset} math elements typeset on {len(pages)} pages")
     assert not problems, "\n".join(problems)
+
+
+# ------------------------------------------------------------ links and launch buttons
+HREF = re.compile(r'href="([^"]+)"')
+ELEMENT_ID = re.compile(r'\bid="([^"]+)"')
+
+
+def _toc_notebooks() -> list[str]:
+    """Return the chapter notebooks the table of contents lists, as repository paths."""
+    toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+    return [f"{name}.ipynb" for name in re.findall(r"file:\s*(chapters/\S+)", toc)]
+
+
+def test_every_chapter_has_a_colab_button_for_its_own_notebook(built_book: Path):
+    """Each chapter page offers "Open in Colab" for exactly its notebook, at a path that exists in the repo."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    repo = config["repository"]["url"].removeprefix("https://github.com/").rstrip("/")
+    branch = config["repository"].get("branch", "main")
+    notebooks = _toc_notebooks()
+    assert len(notebooks) >= 10, notebooks
+    problems = []
+    for notebook in notebooks:
+        assert (ROOT / notebook).is_file(), f"_toc.yml lists {notebook}, which does not exist"
+        page = built_book / notebook.replace(".ipynb", ".html")
+        html = page.read_text(encoding="utf-8")
+        expected = f"https://colab.research.google.com/github/{repo}/blob/{branch}/{notebook}"
+        links = set(re.findall(r'https://colab\.research\.google\.com/[^"]+', html))
+        if links != {expected}:
+            problems.append(f"{notebook}: Colab links {sorted(links)}, expected only {expected}")
+    assert not problems, "\n".join(problems)
+
+
+def test_internal_links_resolve(built_book: Path):
+    """Every link from one page of the book to another reaches an existing page and, with a #fragment, an
+    existing element on it (cross-references, citations, glossary terms, the table of contents)."""
+    ids: dict[Path, set[str]] = {}
+
+    def ids_of(page: Path) -> set[str]:
+        if page not in ids:
+            ids[page] = set(ELEMENT_ID.findall(page.read_text(encoding="utf-8")))
+        return ids[page]
+
+    broken, checked = [], 0
+    for page in sorted(built_book.rglob("*.html")):
+        if "_static" in page.parts or "_sources" in page.parts:
+            continue
+        for href in HREF.findall(page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", href) or href.startswith("//"):
+                continue  # external (https:, mailto:, javascript:) — checked elsewhere not to be assets
+            path, _, fragment = href.partition("#")
+            target = (page.parent / path.split("?")[0]).resolve() if path else page
+            if target.is_dir():
+                target = target / "index.html"
+            if not target.is_file():
+                broken.append(f"{page.relative_to(built_book)} -> {href} (no such file)")
+                continue
+            checked += 1
+            if fragment and target.suffix == ".html" and fragment not in ids_of(target):
+                broken.append(f"{page.relative_to(built_book)} -> {href} (no element #{fragment})")
+    print(f"{checked} internal links checked")
+    assert checked > 500, f"only {checked} internal links found: is the book built?"
+    assert not broken, f"{len(broken)} broken internal links:\n" + "\n".join(broken[:40])
+
+
+def test_glossary_terms_are_defined_and_used(built_book: Path):
+    html = (built_book / "book" / "glossary.html").read_text(encoding="utf-8")
+    terms = re.findall(r'id="term-([^"]+)"', html)
+    assert len(terms) >= 25, f"glossary has only {len(terms)} terms"
+    linked = sum(len(re.findall(r'glossary\.html#term-', p.read_text(encoding="utf-8")))
+                 for p in built_book.rglob("*.html") if p.name != "glossary.html")
+    assert linked >= 3, "no page links to the glossary's terms"
