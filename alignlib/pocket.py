@@ -5,7 +5,7 @@ builds them (word-level tokenizer from the world's vocabulary → pretraining on
 the world's corpus → supervised fine-tuning on its demonstrations) and saves
 them with `save_pretrained` under
 
-    $ALIGNLIB_CACHE/pocket-<world>-<config hash>/{base,sft}
+    $ALIGNLIB_CACHE/pocket-<world>-<config hash>-<world text hash>/{base,sft}
 
 (default cache: the user cache dir, e.g. ~/.cache/alignlib). Later calls load
 from disk. Because it is a real `transformers` model, everything downstream —
@@ -19,6 +19,7 @@ notebook) first asked for it, so it is always built in one process.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -71,9 +72,24 @@ def cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("alignlib"))
 
 
+@functools.lru_cache(maxsize=None)
+def world_fingerprint(world_name: str) -> str:
+    """Return a short hash of the text a pocket model of `world_name` is built from.
+
+    It samples the world's pretraining documents, SFT demonstrations and prompts, so
+    editing a world's templates or vocabulary changes the cache folder and the stale
+    model is not reused (the build recipe itself is covered by BUILD_VERSION).
+    """
+    world = get_world(world_name)
+    texts = world.pretraining_corpus(32, seed=0)
+    texts += [f"{ex.prompt}\x1f{ex.completion}" for ex in world.sft_examples(32, seed=1)]
+    texts += list(world.prompts("train"))[:32] + list(world.prompts("eval"))[:32]
+    return hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:8]
+
+
 def pocket_dir(world: str, config: PocketConfig = PocketConfig()) -> Path:
     """Return the cache folder of the pocket model for `world` and `config`."""
-    return cache_root() / f"pocket-{world}-{config.key()}"
+    return cache_root() / f"pocket-{world}-{config.key()}-{world_fingerprint(world)}"
 
 
 # ---------------------------------------------------------------- building

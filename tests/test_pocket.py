@@ -134,6 +134,32 @@ def test_load_pocket_builds_once_then_loads_from_cache(tmp_path, monkeypatch):
         load_pocket("reviews", stage="rl", config=tiny)
 
 
+def test_cache_folder_changes_when_the_world_text_changes(monkeypatch):
+    """Editing a world's corpus gives a new cache folder, so a stale pocket model is never reused;
+    the same world text gives the same folder in every process (no Python hash randomisation)."""
+    import subprocess
+    import sys
+
+    from alignlib.worlds import ReviewsWorld
+
+    before = pocket_dir("reviews")
+    out = subprocess.run([sys.executable, "-c", "from alignlib.pocket import pocket_dir; print(pocket_dir('reviews'))"],
+                         capture_output=True, text=True, check=True, env={**__import__("os").environ,
+                                                                           "PYTHONHASHSEED": "7"})
+    assert out.stdout.strip() == str(before)
+    real = ReviewsWorld.pretraining_corpus
+    monkeypatch.setattr(ReviewsWorld, "pretraining_corpus",
+                        lambda self, n, seed: [doc + " indeed" for doc in real(self, n, seed)])
+    pocket.world_fingerprint.cache_clear()
+    try:
+        after = pocket_dir("reviews")
+    finally:
+        monkeypatch.undo()
+        pocket.world_fingerprint.cache_clear()
+    assert after != before and after.parent == before.parent
+    assert pocket_dir("reviews") == before
+
+
 # -------------------------------------------------------------------- quality
 def test_default_pocket_samples_are_grammatical(pocket_reviews, reviews_world):
     """The default SFT pocket model's samples on the (unseen) eval prompts are ≥ 95% grammatical
