@@ -61,7 +61,8 @@ class TrainConfig:
     judge: str = _help("online_dpo: 'oracle' (the world's gold preference oracle, with --label_noise) or 'reward' "
                        "(the higher --reward wins)", "oracle")
     samples_per_prompt: int = _help("rloo/grpo: completions sampled per prompt (the group size k); listwise: the list "
-                                    "length K of lists generated from the world", 4)
+                                    "length K of lists generated from the world; ppo with --pf_strategy: samples "
+                                    "per prompt before filtering", 4)
     temperature: float = _help("sampling temperature of online methods (1 = sample from π itself)", 1.0)
 
     # PPO (--method ppo; alignlib.ppo): names as in TRL's former PPOConfig where it had one
@@ -84,6 +85,16 @@ class TrainConfig:
                                  False)
     whiten_advantages: bool = _help("ppo: whiten the advantages of a rollout to mean 0, std 1 (TRL always did)", True)
     entropy_coef: float = _help("ppo: weight of the entropy bonus (0: none, as TRL)", 0.0)
+    score_norm: bool = _help("ppo: normalise the scores by their running mean and std over all rollouts so far "
+                             "(PPO-max reward normalisation, Secrets of RLHF I)", False)
+    score_clip: Optional[float] = _help("ppo: clip the (normalised) scores to [−c, c] (PPO-max reward clipping; "
+                                        "MOSS-RLHF: 10); None: no clipping", None)
+    pf_strategy: Optional[str] = _help("ppo: policy filtration (PF-PPO): sample samples_per_prompt completions per "
+                                       "prompt and train only on those this rule keeps: best_of_n, best_random or "
+                                       "best_worst (alignlib.losses.group.pf_filter); None: one sample per prompt",
+                                       None)
+    macro_action_size: int = _help("ppo: MA-RLHF macro actions: GAE over chunks of this many tokens (advantages "
+                                   "per chunk, values at chunk starts); 1: token-level PPO", 1)
 
     # self-play on a general preference (nash_md, sppo, dno, inpo; alignlib.selfplay)
     mixture_coef: float = _help("nash_md: weight c of π_ref in the opponent's token-level geometric mixture "
@@ -99,9 +110,24 @@ class TrainConfig:
                                         "reference is the previous iterate (selfplay.iterate sets it); default: the "
                                         "reference itself", None)
 
+    # online DPO with exploration and acceleration (xpo, selm, copg, APO; alignlib.online_dpo, chapter 4b)
+    xpo_alpha: float = _help("xpo: weight α of the exploration bonus α·ℓ_θ(y'), y' ~ π_ref (TRL's XPOConfig: 1e-5; "
+                             "0 = online DPO)", 1e-5)
+    selm_alpha: float = _help("selm: weight α of the optimism term αβ·[ℓ_θ(y') − ℓ_ref(y')] (SELM recipe: 0.001)",
+                              0.001)
+    xpo_pairs: str = _help("xpo/selm: which pair is judged: 'reference' (y ~ π_θ against y' ~ π_ref, XPO's "
+                           "Algorithm 1) or 'policy' (two policy samples as online_dpo, plus y' ~ π_ref for the "
+                           "bonus only)", "reference")
+    apo_alpha: float = _help("APO (alignlib.online_dpo.accelerated_iterate): Nesterov momentum α of the "
+                             "extrapolation θ_{t+1} + α(θ_{t+1} − θ_t) between rounds (0 = iterative DPO)", 0.0)
+
     # language feedback (--method cut; alignlib.feedback)
     unlikelihood_weight: float = _help("cut: weight w of the unlikelihood term −w·log(1 − p) on judgement-marked "
                                        "tokens (CUT's weight_unlike: 1)", 1.0)
+
+    # offline policy gradient (--method a_lol; alignlib.losses.offline_pg), on lists of scored reference samples
+    alol_clip: float = _help("a_lol: clip range ε of the detached sequence ratio π_θ/π_ref, w ∈ [1−ε, 1+ε] (A-LoL's "
+                             "code: 0.9); 0: no importance weight (advantage-weighted SFT)", 0.9)
 
     # data generated from the world (when --dataset is not given)
     num_examples: int = _help("pairs (or SFT demonstrations) generated from --world", 4096)
@@ -154,13 +180,23 @@ class TrainConfig:
             raise ValueError(f"unknown loss_type {self.loss_type!r}; valid: {', '.join(sorted(PAIRWISE_LOSSES))}")
         if self.loss_type in NEEDS_ONLINE_INPUTS:
             raise ValueError(f"loss_type {self.loss_type!r} needs {NEEDS_ONLINE_INPUTS[self.loss_type]}, which "
-                             "neither offline pairs nor the online pair mode provide yet; call the loss function "
-                             f"(alignlib.losses.PAIRWISE_LOSSES[{self.loss_type!r}]) from a method of your own")
+                             f"neither offline pairs nor the online pair mode provide to --method {self.method}; "
+                             f"train with --method {self.loss_type} instead, which brings them (alignlib.online_dpo)")
+        if self.xpo_alpha < 0 or self.selm_alpha < 0 or self.apo_alpha < 0:
+            raise ValueError(f"xpo_alpha, selm_alpha and apo_alpha must be ≥ 0 (0 switches the term off), got "
+                             f"{self.xpo_alpha}, {self.selm_alpha} and {self.apo_alpha}")
+        if self.xpo_pairs not in ("reference", "policy"):
+            raise ValueError(f"xpo_pairs must be 'reference' (XPO's Algorithm 1) or 'policy' (online DPO's pairs), "
+                             f"got {self.xpo_pairs!r}")
+        if self.method in ("xpo", "selm") and self.beta <= 0:
+            raise ValueError(f"--method {self.method} is DPO with an extra term: beta must be > 0, got {self.beta}")
         from .losses import LISTWISE_LOSSES
 
         if self.listwise_loss not in LISTWISE_LOSSES:
             raise ValueError(f"unknown listwise_loss {self.listwise_loss!r}; valid: {', '.join(sorted(LISTWISE_LOSSES))}")
-        if self.samples_per_prompt < 2 and self.method in ("listwise", "online_listwise"):
+        if not 0.0 <= self.alol_clip <= 1.0:
+            raise ValueError(f"alol_clip (A-LoL's ratio clip range ε) must be in [0, 1], got {self.alol_clip}")
+        if self.samples_per_prompt < 2 and self.method in ("listwise", "online_listwise", "a_lol"):
             raise ValueError(f"--method {self.method} ranks samples of one prompt: samples_per_prompt must be ≥ 2")
         if self.beta < 0 or (self.beta == 0 and self.method in ("dpo", "online_dpo", "listwise", "online_listwise")):
             # DPO-style losses divide the reward by β (r = β·log-ratio): β = 0 leaves nothing to learn
@@ -220,8 +256,21 @@ class TrainConfig:
             raise ValueError(f"kl_estimator must be k1, k2 or k3, got {self.kl_estimator!r}")
         if self.kl_target is not None and self.kl_target <= 0:
             raise ValueError(f"kl_target must be > 0 (or None for a fixed β), got {self.kl_target}")
+        if self.score_clip is not None and self.score_clip <= 0:
+            raise ValueError(f"score_clip must be > 0 (or None for no clipping), got {self.score_clip}")
+        if self.pf_strategy not in (None, "best_of_n", "best_random", "best_worst"):
+            raise ValueError(f"pf_strategy must be best_of_n, best_random, best_worst or None, got {self.pf_strategy!r}")
+        if self.macro_action_size < 1:
+            raise ValueError(f"macro_action_size must be ≥ 1 (1: token-level PPO), got {self.macro_action_size}")
         if self.method != "ppo":
             return
+        if self.pf_strategy is not None:
+            kept = 1 if self.pf_strategy == "best_of_n" else 2
+            rows = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_mini_batches
+            if self.samples_per_prompt <= kept or rows % kept:
+                raise ValueError(f"--pf_strategy {self.pf_strategy} keeps {kept} of samples_per_prompt completions "
+                                 f"per prompt: samples_per_prompt ({self.samples_per_prompt}) must be > {kept} and the "
+                                 f"rows of a rollout ({rows}) a multiple of {kept}")
         per_rollout = self.ppo_epochs * self.num_mini_batches
         for name in ("save_steps", "max_steps"):
             if getattr(self, name) % per_rollout:
@@ -230,9 +279,6 @@ class TrainConfig:
                     f"--method ppo: {name} ({value}) must be a multiple of ppo_epochs × num_mini_batches "
                     f"({per_rollout}), the optimizer steps per rollout, so that checkpoints fall between rollouts "
                     f"and a resumed run is exact; use e.g. {name} {max(per_rollout, value - value % per_rollout)}")
-        if self.lora:
-            raise ValueError("--method ppo with --lora is not supported yet: the critic is a full copy of the "
-                             "backbone; train without --lora")
         if self.temperature != 1.0:
             raise ValueError(f"--method ppo samples at temperature 1 (got {self.temperature}): its ratio and KL "
                              "penalty use the log-probabilities of π itself, and samples from a tempered π would "

@@ -139,6 +139,79 @@ def check_messages(messages: list, where: str) -> None:
             raise DataError(f"{where}, message {j}: expected {{'role': str, 'content': str}}, got {m!r:.80}")
 
 
+def require_chat_template(tokenizer) -> None:
+    """Raise DataError unless `tokenizer` has a chat template to render lists of messages with."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            "conversational data (lists of messages) needs a tokenizer with a chat template, and this tokenizer has "
+            "none (tokenizer.chat_template is empty). Use an instruction-tuned model's tokenizer, set "
+            "tokenizer.chat_template, or render the rows to text yourself."
+        )
+
+
+class RenderedPrompt(str):
+    """A prompt's text as a chat template rendered it: `encode_prompt` adds no special tokens to it.
+
+    A `str` (every sampler, judge and reward function takes it as the prompt text),
+    so it passes unchanged through code that only copies or indexes prompts; it keeps
+    the original `messages`, for a reward function with a chat template of its own.
+    String operations (`+`, `strip`, ...) return a plain `str` and lose the mark.
+    """
+
+    messages: list[dict]
+
+    def __new__(cls, text: str, messages: list[dict]):
+        obj = super().__new__(cls, text)
+        obj.messages = messages
+        return obj
+
+
+def check_prompt_format(prompts: Sequence, where: str = "prompts") -> bool:
+    """Return True if every prompt is a list of messages, False if every one is text; else raise DataError.
+
+    The error names the first row of each format (mixed prompts), or the row whose
+    messages are ill-formed (`check_messages`) or whose prompt is neither.
+    """
+    chat = [i for i, p in enumerate(prompts) if isinstance(p, list)]
+    text = [i for i, p in enumerate(prompts) if not isinstance(p, list)]
+    if chat and text:
+        raise DataError(
+            f"{where}: row {chat[0]} is a list of messages but row {text[0]} is text; give every prompt in one "
+            "format (all text, or all lists of {'role', 'content'} messages, TRL's conversational format)"
+        )
+    for i, p in enumerate(prompts):
+        if isinstance(p, list):
+            check_messages(p, f"{where}, row {i}")
+        elif not isinstance(p, str):
+            raise DataError(f"{where}, row {i}: a prompt must be text or a list of messages, got {type(p).__name__}")
+    return bool(chat)
+
+
+def render_prompts(tokenizer, prompts: Sequence, where: str = "prompts") -> list[str]:
+    """Return prompts for sampling: text as is, lists of messages rendered once by the chat template.
+
+    A list of {"role", "content"} messages (TRL's conversational prompt-only format) becomes a
+    `RenderedPrompt`: `apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`,
+    so the policy continues with the assistant's turn, and its ids are exactly those of
+    `apply_chat_template(..., tokenize=True)` (no second BOS). A list ending with an assistant
+    message is a prefill: rendered with `continue_final_message=True` instead, as TRL does,
+    so the policy continues that message. Raises DataError when the
+    prompts mix the two formats, a message list is ill-formed (naming the row), or the
+    tokenizer has no chat template. Already rendered prompts pass through unchanged.
+    """
+    prompts = list(prompts)
+    if not check_prompt_format(prompts, where):
+        return prompts
+    require_chat_template(tokenizer)
+    out = []
+    for messages in prompts:
+        prefill = messages[-1]["role"] == "assistant"  # the policy continues the assistant's started answer
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=not prefill,
+                                             continue_final_message=prefill)
+        out.append(RenderedPrompt(text, messages))
+    return out
+
+
 def render_conversation(tokenizer, prompt: list[dict], completion: list[dict]) -> tuple[str, str]:
     """Return (prompt text, completion text) of a conversational row, rendered by the tokenizer's chat template.
 
@@ -146,12 +219,7 @@ def render_conversation(tokenizer, prompt: list[dict], completion: list[dict]) -
     header); the completion is what the full conversation adds after it, so
     prompt + completion is exactly the rendered conversation.
     """
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError(
-            "conversational data (lists of messages) needs a tokenizer with a chat template, and this tokenizer has "
-            "none (tokenizer.chat_template is empty). Use an instruction-tuned model's tokenizer, set "
-            "tokenizer.chat_template, or render the rows to text yourself."
-        )
+    require_chat_template(tokenizer)
     prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
     if not full.startswith(prompt_text):
@@ -177,9 +245,14 @@ class TokenizedExample:
 def encode_prompt(tokenizer, prompt: str, max_prompt_length: int | None, add_special_tokens: bool = True) -> list[int]:
     """Return prompt ids (with the tokenizer's special tokens); refuse prompts over `max_prompt_length`.
 
-    add_special_tokens=False for text rendered by a chat template, which writes BOS itself.
+    add_special_tokens=False for text rendered by a chat template, which writes BOS itself;
+    a `RenderedPrompt` (see `render_prompts`), or any text that already begins with the
+    tokenizer's BOS token, is always encoded without them, so BOS is never doubled.
     """
-    ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    bos = getattr(tokenizer, "bos_token", None)
+    if isinstance(prompt, RenderedPrompt) or (bos and prompt.startswith(bos)):
+        add_special_tokens = False
+    ids = tokenizer(str(prompt), add_special_tokens=add_special_tokens)["input_ids"]
     if max_prompt_length is not None and len(ids) > max_prompt_length:
         raise DataError(
             f"prompt has {len(ids)} tokens, more than max_prompt_length={max_prompt_length}: {prompt[:80]!r}... "

@@ -73,14 +73,28 @@ def prepare_examples(config: TrainConfig, kind: str, tokenizer, policy, dataset=
     return tokenize_rows(rows, tokenizer, kind, config.max_prompt_length, config.max_completion_length)
 
 
-def online_prompts(config: TrainConfig, dataset=None) -> list[str]:
-    """Return the prompts online methods answer: the `prompt` column of the data, else the world's train split."""
+def online_prompts(config: TrainConfig, dataset=None, tokenizer=None) -> list[str]:
+    """Return the prompts online methods answer: the `prompt` column of the data, else the world's train split.
+
+    Prompts in TRL's conversational format (lists of {"role", "content"} messages) are
+    rendered once by `tokenizer`'s chat template with the generation prompt
+    (`alignlib.data.render_prompts`); samplers encode them without a second BOS, and
+    reward functions and judges receive the rendered text. Without a tokenizer they
+    are returned as lists (the batch sources render them).
+    """
+    from .data import check_prompt_format, render_prompts
+
     source = dataset if dataset is not None else config.dataset
     if source is None:
         from .worlds import get_world
 
         return get_world(config.world).prompts("train")
-    return [row["prompt"] for row in load_rows(source, "prompts")]
+    prompts = [row["prompt"] for row in load_rows(source, "prompts")]
+    where = str(source) if isinstance(source, (str, Path)) else "data"
+    if tokenizer is None:
+        check_prompt_format(prompts, where)  # refuses mixed formats now, before any model is loaded
+        return prompts
+    return render_prompts(tokenizer, prompts, where)
 
 
 def resolve_reward(config: TrainConfig, tokenizer, initial_policy, accelerator):
@@ -223,7 +237,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
     online = method.data.startswith("online")
     examples = None if online else prepare_examples(config, method.data, tokenizer, sampler, dataset)
     if online:
-        prompts = online_prompts(config, dataset)
+        prompts = online_prompts(config, dataset, tokenizer)
         reward_fn = reward_fn or resolve_reward(config, tokenizer, reference.model or model, accelerator)
     del sampler
     if config.precompute_ref_log_probs:  # one pass of π_ref over the data now, none per step; then free π_ref
@@ -288,6 +302,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
                                  tokenizer.pad_token_id, config.seed, accelerator.device)
     ctx = StepContext(model=model, reference=reference, config=config)
     unit = "prompts" if online else "pairs" if method.data == "pairs" else "lists" if method.data == "lists" else "examples"
+    unit = getattr(batches, "batch_unit", unit)  # a source whose rows are not one per prompt says what it counts
     if config.progress or config.logging_steps:
         accelerator.print(f"effective batch: {config.per_device_train_batch_size} {unit} per device × {world_size} "
                           f"process(es) × {accum} accumulation step(s) = "

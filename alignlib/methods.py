@@ -17,6 +17,8 @@ from .logprobs import sequence_logprobs
 from .lists import list_logps
 from .losses import LISTWISE_LOSSES, PAIRWISE_LOSSES, bradley_terry_loss, group, sft_loss
 from .ppo import ppo_source, ppo_step, wrap_with_critic
+from .p3o import p3o_source, p3o_step
+from . import online_dpo as _online_dpo
 from . import selfplay as _selfplay
 
 
@@ -68,6 +70,7 @@ def _policy_and_reference_logps(ctx: StepContext, batch: dict):
 
 
 # pairwise losses that need inputs an offline pair batch does not have (samples from π_ref, rewards)
+# (--method dpo/online_dpo refuse them; the methods of the same name provide the inputs: alignlib.online_dpo)
 NEEDS_ONLINE_INPUTS = {"xpo": "samples from π_ref", "selm": "samples from π_ref", "copg": "a reward for each completion"}
 
 
@@ -201,8 +204,23 @@ def cut_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, flo
                     num_tokens=ctx.tokens_per_micro_batch)
 
 
+def a_lol_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """A-LoL on lists of K reference samples per prompt with rewards (losses/offline_pg.py, METHODS 3.11).
+
+    V_ref(x) is the mean reward of the prompt's K samples (a Monte-Carlo stand-in for the paper's value head).
+    """
+    from .losses.offline_pg import a_lol_loss, group_mean_advantages
+
+    logps, _, _, ref_logps, _ = _policy_and_reference_logps(ctx, batch)
+    advantages = group_mean_advantages(batch["scores"])  # [B, K]; rows are completion-major (j·B + b)
+    loss, metrics = a_lol_loss(logps, ref_logps, advantages.t().reshape(-1), epsilon=ctx.config.alol_clip)
+    return loss, {**metrics, "score": batch["scores"].mean().item()}
+
+
 METHODS: dict[str, Method] = {
     "sft": Method("sft", data="sft", needs_reference=False, step=sft_step),
+    # offline policy gradient on scored reference samples (chapter 3b): A-LoL
+    "a_lol": Method("a_lol", data="lists", needs_reference=True, step=a_lol_step),
     # language feedback (chapter 7): contrastive unlikelihood on judgement-marked tokens
     "cut": Method("cut", data="cut", needs_reference=False, step=cut_step),
     "dpo": Method("dpo", data="pairs", needs_reference=True, step=dpo_step),
@@ -217,6 +235,8 @@ METHODS: dict[str, Method] = {
     # PPO: rollouts + critic + minibatch epochs (alignlib.ppo)
     "ppo": Method("ppo", data="online_rollouts", needs_reference=True, step=ppo_step, source=ppo_source,
                   wrap_model=wrap_with_critic),
+    # P3O: PPO's rollout buffer with pairs, sequence-level clipping and no critic (alignlib.p3o)
+    "p3o": Method("p3o", data="online_rollouts", needs_reference=True, step=p3o_step, source=p3o_source),
     "online_listwise": Method("online_listwise", data="online_lists", needs_reference=True,
                               step=online_listwise_step, source=_online_lists_source),
     # self-play on the world's general preference P(y ≻ y'), no reward (alignlib.selfplay; chapter 5)
@@ -228,4 +248,11 @@ METHODS: dict[str, Method] = {
                   source=_selfplay.win_rate_source),
     "inpo": Method("inpo", data="online_pairs", needs_reference=True, step=_selfplay.inpo_step,
                    source=_selfplay.inpo_source),
+    # online DPO with exploration, and online CoPG (alignlib.online_dpo; chapter 4b)
+    "xpo": Method("xpo", data="online_pairs", needs_reference=True, step=_online_dpo.xpo_step,
+                  source=_online_dpo.exploration_source),
+    "selm": Method("selm", data="online_pairs", needs_reference=True, step=_online_dpo.selm_step,
+                   source=_online_dpo.exploration_source),
+    "copg": Method("copg", data="online_pairs", needs_reference=True, step=_online_dpo.copg_step,
+                   source=_online_dpo.copg_source),
 }

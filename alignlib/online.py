@@ -16,6 +16,11 @@ fresh on-policy data:
                    rows completion-major with `scores` [B, K], the layout of
                    offline lists, so online listwise is the listwise step on it.
 
+Prompts may be text or, as in TRL's conversational prompt-only format, lists of
+{"role", "content"} messages: these are rendered once by the tokenizer's chat template
+(`alignlib.data.render_prompts`), sampled from without a second BOS, and reward
+functions and judges receive the rendered prompt text.
+
 Sampling is pure (temperature 1 unless set, no top-k/top-p; see
 `alignlib.rollout`) and seeded by (seed, step, micro-step, process), so a run
 resumed from a checkpoint draws exactly the samples an uninterrupted run would
@@ -31,7 +36,7 @@ from typing import Callable, Sequence
 import torch
 
 from .batches import IndexStream
-from .data import collate
+from .data import collate, render_prompts
 from .rollout import sample
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
@@ -50,7 +55,8 @@ class _OnlineSource:
                  temperature: float = 1.0):
         if not prompts:
             raise ValueError("an online method needs prompts; the world or --dataset gave none")
-        self.policy, self.tokenizer, self.prompts = policy, tokenizer, list(prompts)
+        # lists of messages are rendered here once by the chat template (already rendered text passes through)
+        self.policy, self.tokenizer, self.prompts = policy, tokenizer, render_prompts(tokenizer, prompts)
         self.per_device, self.accumulation, self.world_size = per_device, accumulation, world_size
         self.seed, self.device = seed, device
         self.max_new_tokens, self.temperature = max_new_tokens, temperature

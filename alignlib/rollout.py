@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .data import encode_prompt
+from .data import encode_prompt, render_prompts
 
 
 @dataclass
@@ -61,8 +61,11 @@ def sample(
 ) -> Samples:
     """Return one sampled completion per prompt (repeat a prompt to get several).
 
-    Prompts are left-padded for batched generation; the KV cache is on.
+    Prompts are left-padded for batched generation; the KV cache is on. Prompts rendered by
+    a chat template (`alignlib.data.RenderedPrompt`, from `render_prompts`) are encoded
+    without the tokenizer's special tokens: the template wrote BOS already.
     """
+    prompts = render_prompts(tokenizer, prompts)  # lists of messages → chat-template text, once
     if seed is not None:
         torch.manual_seed(seed)
     was_training = model.training

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .data import encode_prompt
+from .data import encode_prompt, render_prompts
 from .logprobs import sequence_logprobs
 from .losses.nash import (
     dno_loss,
@@ -80,6 +80,7 @@ def sample_mixture(policy, reference, tokenizer, prompts: Sequence[str], mixture
     if reference is None:
         raise ValueError("sampling the geometric mixture needs a separate reference model (not --lora's adapters-off "
                          "base, which would switch off the policy too); train all weights for nash_md")
+    prompts = render_prompts(tokenizer, prompts)  # lists of messages → chat-template text, once
     if seed is not None:
         torch.manual_seed(seed)
     was_training, ref_training = policy.training, reference.training

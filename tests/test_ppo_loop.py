@@ -74,7 +74,6 @@ def test_ppo_resumes_exactly_with_its_critic_and_adaptive_kl(tmp_path, monkeypat
 @pytest.mark.parametrize("kw, message", [
     (dict(save_steps=5), "save_steps .5. must be a multiple of ppo_epochs × num_mini_batches .4."),
     (dict(max_steps=6, save_steps=0), "max_steps .6. must be a multiple"),
-    (dict(lora=True), "--lora is not supported"),
     (dict(kl_estimator="k4"), "kl_estimator must be k1, k2 or k3"),
     (dict(cliprange=0.0), "cliprange and cliprange_value must be > 0"),
     (dict(lam=1.5), "gamma and lam must be in"),

@@ -8,6 +8,7 @@
     nash       general preferences: Nash-MD, SPPO, DNO, INPO
     sft        token-averaged negative log-likelihood
     feedback   language feedback: CUT's contrastive unlikelihood, hindsight flags
+    offline_pg offline policy gradient on scored samples: A-LoL
 """
 
 from . import group, listwise, nash, pairwise, ppo, reward
@@ -17,6 +18,7 @@ from .reward import bradley_terry_loss, ensemble_reward, preference_strength
 from .sft import sft_loss
 from . import feedback
 from .feedback import cut_loss
+from . import offline_pg
 
 __all__ = ["PAIRWISE_LOSSES", "LISTWISE_LOSSES", "dpo_loss", "sft_loss", "bradley_terry_loss", "ensemble_reward", "preference_strength",
-           "pairwise", "ppo", "group", "listwise", "nash", "reward", "feedback", "cut_loss"]
+           "pairwise", "ppo", "group", "listwise", "nash", "reward", "feedback", "cut_loss", "offline_pg"]

@@ -203,18 +203,27 @@ def p3o_loss(
 
     Unclipped, ∇L = −Δ(q_1 ∇ℓ(y_1) − q_2 ∇ℓ(y_2)): the pairwise policy gradient,
     which depends on scores only through s_1 − s_2 (invariant to a per-prompt shift
-    c(x)). METHODS 2.4 marks the exact form UNVERIFIED; the joint-clipping variant
-    is not implemented here.
+    c(x)). At q_1 = q_2 = 1 the loss value is 0 but its gradient is not.
+
+    Checked against the paper as far as our sources reach (secondary summaries of
+    arXiv 2310.00212; the PDF and official code were not available to us): the
+    pairwise policy gradient E[(r(y_1) − r(y_2)) ∇(log π(y_1) − log π(y_2))/2] (its
+    Theorem 1 / eq. 6), the KL-penalised trajectory reward r − β·KL, two samples per
+    prompt from π_old, and two clipping variants, "separately" (P3O-V1, this
+    function) and "jointly" (P3O-V2, not implemented). The exact V1 formula above is
+    our derivation (each trajectory a PPO term with advantage ±Δ), not copied from
+    the paper's Section 4.2; METHODS 2.4 still marks it UNVERIFIED.
     """
     half_gap = 0.5 * (scores_1 - scores_2)
     q1, q2 = torch.exp(logps_1 - old_logps_1), torch.exp(logps_2 - old_logps_2)
     lo, hi = 1 - clip_range, 1 + clip_range
-    term1 = torch.max(-half_gap * q1, -half_gap * q1.clamp(lo, hi))
-    term2 = torch.max(half_gap * q2, half_gap * q2.clamp(lo, hi))
-    loss = (term1 + term2).mean()
+    unclipped1, clipped1 = -half_gap * q1, -half_gap * q1.clamp(lo, hi)
+    unclipped2, clipped2 = half_gap * q2, half_gap * q2.clamp(lo, hi)
+    loss = (torch.max(unclipped1, clipped1) + torch.max(unclipped2, clipped2)).mean()
     with torch.no_grad():
-        clipped = ((q1 - q1.clamp(lo, hi)).abs() > 0) | ((q2 - q2.clamp(lo, hi)).abs() > 0)
-        metrics = {"loss/policy_avg": loss.item(), "policy/clipfrac_avg": clipped.float().mean().item()}
+        # as TRL's PPO clipfrac: the share of the 2B trajectory terms whose clipped branch is active (zero gradient)
+        clipped = torch.cat([clipped1 > unclipped1, clipped2 > unclipped2]).float()
+        metrics = {"loss/policy_avg": loss.item(), "policy/clipfrac_avg": clipped.mean().item()}
     return loss, metrics
 
 
@@ -260,6 +269,12 @@ def superhf_loss(
     c = 0 is its dataclass default (set per experiment). Select y_best with
     `raft_select(scores, k, keep=1/k)`.
     """
+    if policy_logits.shape != orig_logits.shape or labels.shape != policy_logits.shape[:2] or mask.shape != labels.shape:
+        raise ValueError(f"superhf_loss needs logits [B, T, V] (policy and original alike) and labels, mask [B, T]; "
+                         f"got policy {tuple(policy_logits.shape)}, original {tuple(orig_logits.shape)}, labels "
+                         f"{tuple(labels.shape)}, mask {tuple(mask.shape)} (shift logits and labels by one first)")
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef (the weight c of the KL prior) must be ≥ 0, got {kl_coef}")
     m = mask.to(policy_logits.dtype)
     logp = torch.log_softmax(policy_logits.float(), -1)
     nll = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)

@@ -205,6 +205,43 @@ def gae(
     return adv, (adv + values) * m
 
 
+def macro_gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, size: int, gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (advantages, returns) [B, T] of GAE over macro actions of `size` tokens (MA-RLHF).   (eq-macro-gae)
+
+    Chai et al. (2024, "MA-RLHF") let one action be a run of tokens. With fixed
+    chunks c = [c·n, (c+1)·n) of n = `size` tokens:
+
+        R_c = Σ_{t ∈ c} γ^{t − c·n} r_t,   V_c = V(s_{c·n})  (the value where the chunk starts),
+        δ_c = R_c + γⁿ V_{c+1} − V_c,      Â_c = δ_c + (γⁿ λ) Â_{c+1},
+
+    i.e. `gae` on the chunk sequence with discount γⁿ. Every token of chunk c
+    gets Â_c and the return target Â_c + V_c; only chunk-start values enter
+    the estimate, so the targets of the other positions are never used.
+    n = 1 is `gae` exactly (tested). Same shapes and masking as `gae`.
+    """
+    if size < 1:
+        raise ValueError(f"size (tokens per macro action) must be ≥ 1, got {size}")
+    if size == 1:
+        return gae(rewards, values, mask, gamma=gamma, lam=lam)
+    if bool((mask[:, 1:] > mask[:, :-1]).any()):
+        raise ValueError("macro_gae needs right-padded masks (1…1 0…0); got a 0 followed by a 1")
+    B, T = rewards.shape
+    m = mask.to(values.dtype)
+    pad = (-T) % size
+    r = torch.nn.functional.pad(rewards * m, (0, pad)).view(B, -1, size)
+    discount = gamma ** torch.arange(size, dtype=r.dtype, device=r.device)
+    chunk_rewards = (r * discount).sum(-1)
+    chunk_values = (values * m)[:, ::size]
+    chunk_mask = m[:, ::size]
+    adv, _ = gae(chunk_rewards, chunk_values, chunk_mask, gamma=gamma**size, lam=lam)
+    adv = adv.repeat_interleave(size, dim=1)[:, :T] * m
+    returns = (adv + chunk_values.repeat_interleave(size, dim=1)[:, :T]) * m
+    return adv, returns
+
+
 def ppo_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
