@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from .data import DataError, collate, encode_completion, encode_prompt
+from .data import DataError, RenderedPrompt, collate, encode_completion, encode_prompt, render_prompts
 from .losses.reward import ensemble_reward
 
 
@@ -54,7 +54,8 @@ class RewardModel:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; pass one prompt per response")
         device = next(self.model.parameters()).device
-        rows = [(encode_prompt(self.tokenizer, p, None), encode_completion(self.tokenizer, r, self.max_completion_length)[0])
+        rows = [(encode_prompt(self.tokenizer, self._own_rendering(p), None),
+                 encode_completion(self.tokenizer, r, self.max_completion_length)[0])
                 for p, r in zip(prompts, responses)]
         out = []
         for start in range(0, len(rows), self.batch_size):
@@ -63,6 +64,13 @@ class RewardModel:
                                 attention_mask=batch["attention_mask"].to(device)).logits
             out.append(logits.squeeze(-1).float().cpu())
         return torch.cat(out) if out else torch.zeros(0)
+
+    def _own_rendering(self, prompt: str) -> str:
+        """Return a conversational prompt as this model's own chat template renders it (it may differ from the
+        policy's); text prompts, and any prompt when this tokenizer has no template, are scored as given."""
+        if isinstance(prompt, RenderedPrompt) and getattr(self.tokenizer, "chat_template", None):
+            return render_prompts(self.tokenizer, [prompt.messages])[0]
+        return prompt
 
     def scores(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         """Return normalised rewards [N] as a tensor."""

@@ -24,3 +24,35 @@ def pocket_reviews():
     from alignlib.pocket import load_pocket
 
     return load_pocket("reviews")
+
+
+@pytest.fixture
+def interrupt_and_resume(monkeypatch):
+    """Return run(config, method, at_call, **train_kwargs) → TrainResult: `train` is interrupted by a
+    KeyboardInterrupt raised inside the method's step at its `at_call`-th call (1-based), then `train`
+    is called again with the same arguments and resumes from the latest checkpoint.
+
+    Compare the result with an uninterrupted run: resume must be exact.
+    """
+    import dataclasses
+
+    from alignlib import methods
+    from alignlib.loop import train
+
+    def run(config, method: str, at_call: int, **train_kwargs):
+        original, calls = methods.METHODS[method], []
+
+        def interrupting_step(ctx, batch):
+            calls.append(1)
+            if len(calls) == at_call:
+                raise KeyboardInterrupt
+            return original.step(ctx, batch)
+
+        with monkeypatch.context() as m:
+            m.setitem(methods.METHODS, method, dataclasses.replace(original, step=interrupting_step))
+            with pytest.raises(KeyboardInterrupt):
+                train(config, **train_kwargs)
+        assert methods.METHODS[method] is original and len(calls) == at_call
+        return train(config, **train_kwargs)
+
+    return run

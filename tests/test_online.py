@@ -87,27 +87,13 @@ def test_online_methods_raise_gold_reward(tmp_path, reviews_world, method):
     assert all(torch.isfinite(torch.tensor(list(r.values()))).all() for r in result.history)
 
 
-def test_online_run_resumes_exactly(tmp_path, monkeypatch):
+def test_online_run_resumes_exactly(tmp_path, interrupt_and_resume):
     """Interrupted at step 5 of 8 (checkpoint at 4), GRPO resumes and ends where the uninterrupted run ends."""
-    from alignlib import methods
-
     cfg = _online_config(tmp_path, "grpo", max_steps=8, save_steps=4, per_device_train_batch_size=4,
                          gradient_accumulation_steps=2)
     reference = train(cfg)
-    original, calls = methods.METHODS["grpo"], []
-
-    def interrupt(ctx, batch):
-        calls.append(1)
-        if len(calls) == 4 * 2 + 1:
-            raise KeyboardInterrupt
-        return original.step(ctx, batch)
-
-    cfg2 = dataclasses.replace(cfg, output_dir=str(tmp_path / "interrupted"))
-    with monkeypatch.context() as m:
-        m.setitem(methods.METHODS, "grpo", dataclasses.replace(original, step=interrupt))
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg2)
-    resumed = train(cfg2)
+    resumed = interrupt_and_resume(dataclasses.replace(cfg, output_dir=str(tmp_path / "interrupted")), "grpo",
+                                   4 * 2 + 1)  # step 5, first micro-batch
     worst = max(abs(a[k] - b[k]) for a, b in zip(resumed.history, reference.history) for k in a)
     weights = max((p - q).abs().max().item() for p, q in zip(resumed.model.parameters(),
                                                              reference.model.parameters()))

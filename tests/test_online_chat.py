@@ -196,3 +196,27 @@ def test_bad_conversational_prompts_raise_clear_errors(tmp_path, pocket_reviews,
     # train stops on the tokenizer without a template before it samples anything
     with pytest.raises(DataError, match="chat template"):
         train(cfg, model=copy.deepcopy(model), tokenizer=plain, dataset=chats)
+
+
+def test_a_reward_model_renders_conversational_prompts_with_its_own_template(chat_tokenizers, pocket_reviews,
+                                                                            reviews_world):
+    """A reward model whose tokenizer has another chat template scores the messages as *its* template renders them,
+    not the policy's text; with the policy's own tokenizer the two agree, and plain text is scored as given."""
+    from transformers import AutoModelForSequenceClassification
+
+    from alignlib.pocket import pocket_dir
+    from alignlib.reward_model import RewardModel
+
+    torch.manual_seed(0)
+    rm_model = AutoModelForSequenceClassification.from_pretrained(pocket_dir("reviews") / "sft", num_labels=1)
+    messages = [_chat(reviews_world, i) for i in range(4)]
+    responses = ["the food was great ."] * 4
+    policy_side = render_prompts(chat_tokenizers["with_bos"], messages)  # what the sampler hands the reward fn
+    own = RewardModel(rm_model, chat_tokenizers["no_bos"])
+    expected = own.raw_scores(render_prompts(chat_tokenizers["no_bos"], messages), responses)
+    assert torch.allclose(own.raw_scores(policy_side, responses), expected)
+    as_text = own.raw_scores([str(p) for p in policy_side], responses)  # the mark lost: scored as the given text
+    assert not torch.allclose(as_text, expected)
+    same = RewardModel(rm_model, chat_tokenizers["with_bos"])
+    assert torch.allclose(same.raw_scores(policy_side, responses),
+                          same.raw_scores([str(p) for p in policy_side], responses))

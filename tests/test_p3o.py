@@ -6,7 +6,6 @@ import dataclasses
 import math
 
 import pytest
-import torch
 
 from alignlib.config import TrainConfig
 from alignlib.loop import train
@@ -76,26 +75,12 @@ def test_a_per_prompt_reward_shift_leaves_the_p3o_trajectory_unchanged_but_not_p
     assert diffs["ppo"][1] > 1e-4 and diffs["ppo"][1] > 1000 * max(diffs["p3o"][1], 1e-9)
 
 
-def test_p3o_resumes_exactly(tmp_path, monkeypatch, reviews_world):
+def test_p3o_resumes_exactly(tmp_path, interrupt_and_resume, reviews_world):
     """Interrupted in the 2nd rollout (checkpoint at step 2), P3O resumes and ends where the uninterrupted run ends."""
-    from alignlib import methods
-
     cfg = _config(tmp_path, "full", max_steps=4, save_steps=2, num_mini_batches=1, gradient_accumulation_steps=1)
     reference = train(cfg, reward_fn=_gold(reviews_world))
-    original, calls = methods.METHODS["p3o"], []
-
-    def interrupt(ctx, batch):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return original.step(ctx, batch)
-
-    cfg2 = dataclasses.replace(cfg, output_dir=str(tmp_path / "interrupted"))
-    with monkeypatch.context() as m:
-        m.setitem(methods.METHODS, "p3o", dataclasses.replace(original, step=interrupt))
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg2, reward_fn=_gold(reviews_world))
-    resumed = train(cfg2, reward_fn=_gold(reviews_world))
+    resumed = interrupt_and_resume(dataclasses.replace(cfg, output_dir=str(tmp_path / "interrupted")), "p3o", 4,
+                                   reward_fn=_gold(reviews_world))
     worst = max(abs(a[k] - b[k]) for a, b in zip(resumed.history, reference.history) for k in a)
     weights = max((p - q).abs().max().item() for p, q in zip(resumed.model.parameters(),
                                                              reference.model.parameters()))

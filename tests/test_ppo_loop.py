@@ -39,29 +39,14 @@ def test_ppo_runs_and_the_first_minibatch_of_each_rollout_is_on_policy(tmp_path)
     assert isinstance(result.model, torch.nn.Module) and hasattr(result.model, "generate")  # the policy, unwrapped
 
 
-def test_ppo_resumes_exactly_with_its_critic_and_adaptive_kl(tmp_path, monkeypatch):
+def test_ppo_resumes_exactly_with_its_critic_and_adaptive_kl(tmp_path, interrupt_and_resume):
     """Interrupted in the 3rd rollout (checkpoint at step 4), PPO resumes and ends where the uninterrupted run ends."""
-    from alignlib import methods
-
     cfg = _config(tmp_path, "full", max_steps=6, save_steps=2, num_mini_batches=1, gradient_accumulation_steps=1,
                   kl_target=0.01, kl_horizon=100, beta=0.2)
     reference = train(cfg)
     betas = [r["kl_coef"] for r in reference.history[::2]]
     assert betas[0] == pytest.approx(0.2) and len(set(betas)) == 3  # the adaptive controller changed β per rollout
-    original, calls = methods.METHODS["ppo"], []
-
-    def interrupt(ctx, batch):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return original.step(ctx, batch)
-
-    cfg2 = dataclasses.replace(cfg, output_dir=str(tmp_path / "interrupted"))
-    with monkeypatch.context() as m:
-        m.setitem(methods.METHODS, "ppo", dataclasses.replace(original, step=interrupt))
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg2)
-    resumed = train(cfg2)
+    resumed = interrupt_and_resume(dataclasses.replace(cfg, output_dir=str(tmp_path / "interrupted")), "ppo", 5)
     worst = max(abs(a[k] - b[k]) for a, b in zip(resumed.history, reference.history) for k in a)
     weights = max((p - q).abs().max().item() for p, q in zip(resumed.model.parameters(),
                                                              reference.model.parameters()))

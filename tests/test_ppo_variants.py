@@ -87,25 +87,10 @@ def test_score_normalisation_and_clipping_use_running_statistics(pocket_reviews,
         _config(tmp_path, score_clip=0.0)
 
 
-def test_score_normalisation_resumes_exactly(tmp_path, monkeypatch):
-    from alignlib import methods
-
+def test_score_normalisation_resumes_exactly(tmp_path, interrupt_and_resume):
     cfg = _config(tmp_path, "full", max_steps=6, save_steps=2, num_mini_batches=1, score_norm=True, score_clip=2.0)
     reference = train(cfg)
-    original, calls = methods.METHODS["ppo"], []
-
-    def interrupt(ctx, batch):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return original.step(ctx, batch)
-
-    cfg2 = dataclasses.replace(cfg, output_dir=str(tmp_path / "interrupted"))
-    with monkeypatch.context() as m:
-        m.setitem(methods.METHODS, "ppo", dataclasses.replace(original, step=interrupt))
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg2)
-    resumed = train(cfg2)
+    resumed = interrupt_and_resume(dataclasses.replace(cfg, output_dir=str(tmp_path / "interrupted")), "ppo", 5)
     worst = max(abs(a[k] - b[k]) for a, b in zip(resumed.history, reference.history) for k in a)
     assert len(resumed.history) == 6 and worst <= 1e-6
 
@@ -197,7 +182,8 @@ def test_a_reward_with_token_rewards_enters_the_rollout_and_bad_shapes_are_refus
 
 
 # ----------------------------------------------------------------------------- LoRA
-def test_ppo_with_lora_trains_adapters_of_policy_and_critic_and_resumes_exactly(tmp_path, monkeypatch, pocket_reviews):
+def test_ppo_with_lora_trains_adapters_of_policy_and_critic_and_resumes_exactly(tmp_path, monkeypatch, pocket_reviews,
+                                                                                interrupt_and_resume):
     """--lora: the policy and the critic (a copy of the LoRA backbone) train adapters over frozen base weights;
     the reference is the policy with its adapters off (first rollout KL 0); an interrupted run resumes exactly."""
     from alignlib import methods
@@ -232,19 +218,6 @@ def test_ppo_with_lora_trains_adapters_of_policy_and_critic_and_resumes_exactly(
             assert torch.equal(p.detach().cpu(), sft[key].detach().cpu()), name
     assert (tmp_path / "lora" / "final" / "adapter_config.json").exists()
     # exact resume from the checkpoint at step 4
-    calls = []
-
-    def interrupt(ctx, batch):
-        calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        return original.step(ctx, batch)
-
-    cfg2 = dataclasses.replace(cfg, output_dir=str(tmp_path / "lora2"))
-    with monkeypatch.context() as m:
-        m.setitem(methods.METHODS, "ppo", dataclasses.replace(original, step=interrupt))
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg2)
-    resumed = train(cfg2)
+    resumed = interrupt_and_resume(dataclasses.replace(cfg, output_dir=str(tmp_path / "lora2")), "ppo", 6)
     worst = max(abs(a[k] - b[k]) for a, b in zip(resumed.history, h) for k in a)
     assert len(resumed.history) == 8 and worst <= 1e-6

@@ -561,6 +561,7 @@ def reward_augmented_relabel(
     rows: Iterable[dict],
     goal_template: str = "Overall score: {score}.",
     separator: str = "\n\n",
+    score_format: Callable[[float], str] = _format_score,
 ) -> list[dict]:
     """Return reward-augmented DPO pairs: each scored pair becomes two goal-conditioned pairs.
 
@@ -573,14 +574,20 @@ def reward_augmented_relabel(
         A:  goal(s_w) + prompt,  chosen = y_w,  rejected = y_l
         B:  goal(s_l) + prompt,  chosen = y_l,  rejected = y_w   (flipped)
 
-    with goal(s) = goal_template.format(score=s) + separator, and "target_score" = s.
+    with goal(s) = goal_template.format(score=score_format(s)) + separator, and "target_score" = s.
     Other keys are copied; the two score keys are removed. Train plain DPO on the result.
+    `score_format` turns a score into goal text; with a word-level tokenizer, map scores to
+    in-vocabulary words (e.g. bins named "bad" … "excellent"), or every goal may become <unk>.
+    A formatter that returns a non-string raises TypeError.
     """
     kept = [r for r in rows if r["chosen_score"] >= r["rejected_score"]]
 
     def copy(row: dict, score: float, chosen: str, rejected: str) -> dict:
         rest = {k: v for k, v in row.items() if k not in ("chosen_score", "rejected_score")}
-        goal = goal_template.format(score=_format_score(score)) + separator
+        text = score_format(score)
+        if not isinstance(text, str):
+            raise TypeError(f"score_format returned {type(text).__name__} for score {score!r}; it must return a str")
+        goal = goal_template.format(score=text) + separator
         return {**rest, "prompt": goal + row["prompt"], "chosen": chosen, "rejected": rejected, "target_score": score}
 
     copies_a = [copy(r, r["chosen_score"], r["chosen"], r["rejected"]) for r in kept]
