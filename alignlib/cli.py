@@ -46,11 +46,59 @@ def _parser(*dataclasses_):
     return HfArgumentParser(dataclasses_)
 
 
-def _evaluate(policy, reference, tokenizer, world_name, samples_per_prompt, max_new_tokens, seed):
+class _JudgeTextOfChat:
+    """A world whose gold judgement reads a rendered conversational prompt as the world's text prompt inside it.
+
+    A world's programs parse their own prompt text ("what is 47 + 38 ?"), not a chat
+    template's rendering; the policy still answers the rendered prompt.
+    """
+
+    def __init__(self, world):
+        self.world = world
+
+    def __getattr__(self, name):
+        return getattr(self.world, name)
+
+    @staticmethod
+    def _text(prompts):
+        from .data import RenderedPrompt
+
+        return [p.messages[-1]["content"] if isinstance(p, RenderedPrompt) else p for p in prompts]
+
+    def gold_reward(self, prompts, responses):
+        return self.world.gold_reward(self._text(prompts), responses)
+
+    def gold_verdict(self, prompts, responses_a, responses_b):
+        return self.world.gold_verdict(self._text(prompts), responses_a, responses_b)
+
+    def is_grammatical(self, prompt, response):
+        return self.world.is_grammatical(self._text([prompt])[0], response)
+
+
+def trained_on_chat(config: TrainConfig) -> bool:
+    """True when training read its prompts from data in TRL's conversational format (lists of messages)."""
+    if config.dataset is None:
+        return False  # generated from the world: text prompts
+    from .data import DataError, check_prompt_format, load_rows
+
+    try:
+        return check_prompt_format([row["prompt"] for row in load_rows(config.dataset, "prompts")])
+    except DataError:
+        return False
+
+
+def _evaluate(policy, reference, tokenizer, world_name, samples_per_prompt, max_new_tokens, seed, chat=False):
+    """Evaluate on the world's eval prompts; with `chat`, each as one user message rendered by the chat template."""
     from .evaluate import evaluate_policy
     from .worlds import get_world
 
-    result = evaluate_policy(policy, reference, tokenizer, get_world(world_name), samples_per_prompt=samples_per_prompt,
+    world, prompts = get_world(world_name), None
+    if chat:
+        from .data import render_prompts
+
+        prompts = render_prompts(tokenizer, [[{"role": "user", "content": p}] for p in world.prompts("eval")])
+        world = _JudgeTextOfChat(world)
+    result = evaluate_policy(policy, reference, tokenizer, world, prompts=prompts, samples_per_prompt=samples_per_prompt,
                              max_new_tokens=max_new_tokens, seed=seed)
     return result.as_dict()
 
@@ -83,8 +131,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"(no gold evaluation: --method {config.method} trains a {METHODS[config.method].model_kind} "
                       "model, not a policy that can be sampled)")
             elif not flags.no_eval:
+                chat = trained_on_chat(config)  # evaluate on the kind of prompt it trained on
+                if chat:
+                    print("(gold evaluation on the world's eval prompts as user messages, rendered by the chat "
+                          "template as in training)")
                 metrics = _evaluate(result.model, result.reference.model or result.reference, result.tokenizer,
-                                    config.world, flags.eval_samples_per_prompt, config.max_new_tokens, config.seed)
+                                    config.world, flags.eval_samples_per_prompt, config.max_new_tokens, config.seed,
+                                    chat=chat)
                 (result.output_dir / "eval.json").write_text(json.dumps(metrics, indent=1))
                 print(json.dumps({"eval": metrics}, indent=1))
         elif command == "evaluate":

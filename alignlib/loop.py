@@ -97,11 +97,35 @@ def online_prompts(config: TrainConfig, dataset=None, tokenizer=None) -> list[st
     return render_prompts(tokenizer, prompts, where)
 
 
-def resolve_reward(config: TrainConfig, tokenizer, initial_policy, accelerator):
+#: at most this many distinct conversational training prompts (evenly spaced) normalise a reward model
+NORMALISATION_PROMPTS = 1024
+
+
+def normalisation_prompts(world, prompts=None) -> list[str]:
+    """Return the prompts a reward model is normalised on: those of training where they are conversational.
+
+    Text prompts (the default path) give the world's train split, as always. Rendered
+    conversational prompts (`alignlib.data.RenderedPrompt`, from `online_prompts`) are
+    what the reward model scores during training, so the normalisation uses them:
+    each distinct one once, at most `NORMALISATION_PROMPTS` of them, evenly spaced.
+    """
+    from .data import RenderedPrompt
+
+    if prompts is None or not any(isinstance(p, RenderedPrompt) for p in prompts):
+        return world.prompts("train")
+    distinct = list(dict.fromkeys(prompts))
+    if len(distinct) > NORMALISATION_PROMPTS:
+        distinct = [distinct[i * len(distinct) // NORMALISATION_PROMPTS] for i in range(NORMALISATION_PROMPTS)]
+    return distinct
+
+
+def resolve_reward(config: TrainConfig, tokenizer, initial_policy, accelerator, prompts=None):
     """Return the reward function named by `config.reward`: the world's gold reward, or a normalised reward model.
 
     A reward model is normalised to mean 0 / std 1 under samples of the *initial*
-    policy (π_ref), 8 per train prompt, so the normalisation is the same when a run resumes.
+    policy (π_ref), 8 per prompt of `normalisation_prompts(world, prompts)` (the
+    training prompts where they are conversational, else the world's train split),
+    so the normalisation is the same when a run resumes.
     """
     from .worlds import get_world
 
@@ -117,7 +141,7 @@ def resolve_reward(config: TrainConfig, tokenizer, initial_policy, accelerator):
                          "(e.g. the final/ folder of `alignlib train --method reward`)")
     rm = RewardModel(str(path))
     rm.model.to(accelerator.device)
-    norm = sample(initial_policy, tokenizer, [p for p in world.prompts("train") for _ in range(8)],
+    norm = sample(initial_policy, tokenizer, [p for p in normalisation_prompts(world, prompts) for _ in range(8)],
                   max_new_tokens=config.max_new_tokens, seed=config.seed + 17)
     return rm.normalise_under(norm.prompts, norm.texts)
 
@@ -238,7 +262,7 @@ def train(config: TrainConfig, model=None, tokenizer=None, reference_model=None,
     examples = None if online else prepare_examples(config, method.data, tokenizer, sampler, dataset)
     if online:
         prompts = online_prompts(config, dataset, tokenizer)
-        reward_fn = reward_fn or resolve_reward(config, tokenizer, reference.model or model, accelerator)
+        reward_fn = reward_fn or resolve_reward(config, tokenizer, reference.model or model, accelerator, prompts)
     del sampler
     if config.precompute_ref_log_probs:  # one pass of π_ref over the data now, none per step; then free π_ref
         from .batches import precompute_reference_logps

@@ -11,12 +11,9 @@ the *whole* data set (`--pairs` pairs), so both sides see identical batches
 whatever their shuffling, and their per-step losses must agree (printed: the
 largest difference over the run). That makes "equal loss" checkable.
 
-How it is timed. Each measurement runs in a fresh subprocess (so peak memory
-is the process's own) at two lengths, S1 and S2 steps; the time per step is
-(t(S2) − t(S1)) / (S2 − S1), which removes model loading, data preparation and
-saving from both sides. The sides alternate (ours, TRL, ours, TRL, ...) for
-`--repeats` rounds, so slow drifts of a shared machine hit both; the report is
-the median. Peak memory: CUDA max allocated on a GPU, max RSS on CPU.
+How it is timed: `_harness.py` (fresh subprocesses, the difference of a short
+and a long run, sides alternating, median of `--repeats` rounds). Peak memory:
+CUDA max allocated on a GPU, max RSS on CPU.
 
 Output: seconds per step for each side, the throughput ratio TRL time / our
 time (> 1: we are faster), prompt+completion tokens per second, the loss
@@ -25,55 +22,17 @@ agreement, and on a known GPU the model-FLOPs utilisation (MFU).
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-MODELS = {  # random-init architectures for the larger runs (tokenizer: the pocket world's)
-    "llama-100m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=2048),
-    "llama-0.5b": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-}
-
-
-def build(model_name: str, bf16: bool, perturb_reference: bool = True):
-    """Return (policy, reference, tokenizer, world) — identical in every subprocess (seeded)."""
-    import copy
-
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from alignlib.pocket import load_pocket
-    from alignlib.worlds import get_world
-
-    world = get_world("reviews")
-    pocket, tokenizer = load_pocket("reviews")
-    if model_name == "pocket":
-        model = pocket
-    else:
-        torch.manual_seed(0)
-        cfg = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                          **MODELS[model_name])
-        model = LlamaForCausalLM(cfg)
-    if bf16:
-        model = model.to(torch.bfloat16)
-    # the reference differs from the policy so the loss is not the trivial log 2 at step 1
-    ref = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in ref.parameters() if perturb_reference else ():
-            p.add_((0.02 * torch.randn(p.shape, generator=g)).to(p.dtype))
-    return model, ref, tokenizer, world
-
+from _harness import MODELS, build, machine, make_parser, round_line, rounds  # noqa: F401  (MODELS, build: also for importers)
 
 # dense bf16 peak FLOP/s per GPU, for the model-FLOPs utilisation (MFU) line (datasheet numbers)
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "T4": 65e12}
@@ -138,55 +97,31 @@ def run_one(side: str, model_name: str, steps: int, pairs: int, bf16: bool, out:
                                      "params": sum(p.numel() for p in ref.parameters())}))
 
 
-def measure(side, args, steps) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = f.name
-    cmd = [sys.executable, __file__, "--_child", side, "--model", args.model, "--pairs", str(args.pairs),
-           "--_steps", str(steps), "--_out", out] + (["--bf16"] if args.bf16 else [])
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=None if args.verbose else subprocess.DEVNULL)
-    result = json.loads(Path(out).read_text())
-    os.unlink(out)
-    return result
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="pocket", choices=["pocket", *MODELS])
-    parser.add_argument("--pairs", type=int, default=16, help="pairs per step (= the whole data set)")
-    parser.add_argument("--steps", type=int, nargs=2, default=[4, 24], metavar=("S1", "S2"))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--verbose", action="store_true", help="show the subprocesses' warnings and progress")
-    parser.add_argument("--_child", help=argparse.SUPPRESS)
-    parser.add_argument("--_steps", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--_out", help=argparse.SUPPRESS)
+    parser = make_parser(__doc__, "--pairs", "pairs per step (= the whole data set)", 16, [4, 24], bf16=True)
     args = parser.parse_args()
     if args._child:
         return run_one(args._child, args.model, args._steps, args.pairs, args.bf16, args._out)
 
-    import platform
-
     import torch
 
     s1, s2 = args.steps
+    child_flags = ["--model", args.model, "--pairs", str(args.pairs)] + (["--bf16"] if args.bf16 else [])
     per_step = {"alignlib": [], "trl": []}
     peaks = {"alignlib": [], "trl": []}
     loss_diff, tokens = 0.0, None
-    for r in range(args.repeats):
-        runs = {}
-        for side in ("alignlib", "trl") if r % 2 == 0 else ("trl", "alignlib"):
-            short, long = measure(side, args, s1), measure(side, args, s2)
-            per_step[side].append((long["elapsed"] - short["elapsed"]) / (s2 - s1))
+    for r, runs in enumerate(rounds(__file__, args, child_flags)):
+        for side, long in runs.items():
+            per_step[side].append(long["per_step"])
             peaks[side].append(long["peak_mib"])
-            runs[side], tokens, n_params = long, long["tokens"], long["params"]
+            tokens, n_params = long["tokens"], long["params"]
         diffs = [abs(a - b) for a, b in zip(runs["alignlib"]["losses"], runs["trl"]["losses"])]
         loss_diff = max(loss_diff, max(diffs))
-        print(f"round {r + 1}: alignlib {per_step['alignlib'][-1]:.4f} s/step, trl {per_step['trl'][-1]:.4f} s/step",
-              flush=True)
+        print(round_line(r, runs, 4), flush=True)
     ours, theirs = statistics.median(per_step["alignlib"]), statistics.median(per_step["trl"])
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    device, machine_line = machine()
     print(f"\nmodel={args.model} pairs/step={args.pairs} steps={s1}->{s2} repeats={args.repeats} bf16={args.bf16}")
-    print(f"machine: {platform.node()} {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(machine_line)
     print(f"alignlib: {ours:.4f} s/step ({tokens / ours:,.0f} tokens/s), peak {max(peaks['alignlib']):.0f} MiB")
     print(f"TRL     : {theirs:.4f} s/step ({tokens / theirs:,.0f} tokens/s), peak {max(peaks['trl']):.0f} MiB")
     print(f"throughput ratio TRL time / alignlib time = {theirs / ours:.2f}  (> 1: alignlib is faster)")

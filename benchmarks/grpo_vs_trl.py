@@ -14,26 +14,22 @@ passes (policy, reference), one backward pass.
 Samples differ between the sides (different random streams), so per-step
 losses are not comparable; the mean gold score of the first step is printed
 as a sanity check that both sample from the same policy (they should agree
-within sampling noise). Timing as in `dpo_vs_trl.py`: fresh subprocesses, the
-difference of a short and a long run, sides alternating, median of repeats.
+within sampling noise). Timing as in `dpo_vs_trl.py` (see `_harness.py`): fresh
+subprocesses, the difference of a short and a long run, sides alternating, median of repeats.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dpo_vs_trl import MODELS, build  # noqa: E402  (same models as the DPO benchmark)
+from _harness import build, machine, make_parser, round_line, rounds
 
 K, MAX_NEW_TOKENS, BETA, LR = 4, 32, 0.04, 1e-6
 
@@ -85,49 +81,23 @@ def run_one(side: str, model_name: str, steps: int, prompts_per_step: int, out: 
     Path(out).write_text(json.dumps({"elapsed": elapsed, "first_score": first_score}))
 
 
-def measure(side, args, steps) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = f.name
-    cmd = [sys.executable, __file__, "--_child", side, "--model", args.model, "--prompts", str(args.prompts),
-           "--_steps", str(steps), "--_out", out]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=None if args.verbose else subprocess.DEVNULL)
-    result = json.loads(Path(out).read_text())
-    os.unlink(out)
-    return result
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="pocket", choices=["pocket", *MODELS])
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per step (×4 samples)")
-    parser.add_argument("--steps", type=int, nargs=2, default=[2, 8], metavar=("S1", "S2"))
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--verbose", action="store_true")
-    parser.add_argument("--_child", help=argparse.SUPPRESS)
-    parser.add_argument("--_steps", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--_out", help=argparse.SUPPRESS)
+    parser = make_parser(__doc__, "--prompts", "prompts per step (×4 samples)", 8, [2, 8])
     args = parser.parse_args()
     if args._child:
         return run_one(args._child, args.model, args._steps, args.prompts, args._out)
 
-    import platform
-
-    import torch
-
     s1, s2 = args.steps
     per_step = {"alignlib": [], "trl": []}
     scores = {"alignlib": [], "trl": []}
-    for r in range(args.repeats):
-        for side in ("alignlib", "trl") if r % 2 == 0 else ("trl", "alignlib"):
-            short, long = measure(side, args, s1), measure(side, args, s2)
-            per_step[side].append((long["elapsed"] - short["elapsed"]) / (s2 - s1))
+    for r, runs in enumerate(rounds(__file__, args, ["--model", args.model, "--prompts", str(args.prompts)])):
+        for side, long in runs.items():
+            per_step[side].append(long["per_step"])
             scores[side].append(long["first_score"])
-        print(f"round {r + 1}: alignlib {per_step['alignlib'][-1]:.3f} s/step, trl {per_step['trl'][-1]:.3f} s/step",
-              flush=True)
+        print(round_line(r, runs, 3), flush=True)
     ours, theirs = statistics.median(per_step["alignlib"]), statistics.median(per_step["trl"])
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"\nmodel={args.model} prompts/step={args.prompts} × k={K} steps={s1}->{s2} repeats={args.repeats}")
-    print(f"machine: {platform.node()} {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(machine()[1])
     print(f"alignlib GRPO: {ours:.3f} s/step; first-step mean gold score {statistics.fmean(scores['alignlib']):+.3f}")
     print(f"TRL GRPO     : {theirs:.3f} s/step; first-step mean gold score {statistics.fmean(scores['trl']):+.3f}")
     print(f"throughput ratio TRL time / alignlib time = {theirs / ours:.2f}  (> 1: alignlib is faster)")

@@ -129,3 +129,66 @@ def test_reward_method_trains_a_reward_model_and_skips_policy_evaluation(tmp_pat
     assert "no gold evaluation" in proc.stdout
     config = json.loads((tmp_path / "rm" / "final" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForSequenceClassification"] and len(config["id2label"]) == 1
+
+
+# a chat template whose words are in the pocket vocabulary (the pocket tokenizer is word-level)
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% if m['role'] == 'assistant' %}"
+                 "{{ eos_token }}{% endif %}{% endfor %}")
+
+
+def test_train_evaluates_on_the_kind_of_prompt_it_trained_on(tmp_path, pocket_reviews, monkeypatch):
+    """After training on conversational prompts, the gold evaluation samples the world's eval prompts as user
+    messages rendered by the model's chat template and judges each as the world's text prompt; after training on
+    the world's text prompts (the default), it evaluates on those text prompts, as before."""
+    import copy
+
+    import alignlib.evaluate as evaluate
+    from alignlib.cli import _JudgeTextOfChat, main
+    from alignlib.data import RenderedPrompt, render_prompts
+    from alignlib.worlds import ReviewsWorld, get_world
+
+    model, tokenizer = pocket_reviews
+    chat_tokenizer = copy.deepcopy(tokenizer)
+    chat_tokenizer.chat_template = CHAT_TEMPLATE
+    folder = tmp_path / "chat_pocket"
+    model.save_pretrained(folder)
+    chat_tokenizer.save_pretrained(folder)
+    world = get_world("reviews")
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": p}]}) + "\n"
+                            for p in world.prompts("train")[:6]))
+    seen, evaluate_policy = {}, evaluate.evaluate_policy
+
+    def recording(policy, reference, tok, judge, prompts=None, **kwargs):
+        seen.update(prompts=prompts, judge=judge)
+        return evaluate_policy(policy, reference, tok, judge, prompts=prompts, **kwargs)
+
+    monkeypatch.setattr(evaluate, "evaluate_policy", recording)
+    common = ["--method", "grpo", "--max_steps", "1", "--per_device_train_batch_size", "2", "--samples_per_prompt", "2",
+              "--max_new_tokens", "6", "--eval_samples_per_prompt", "1", "--progress", "false", "--save_steps", "0"]
+    eval_prompts = world.prompts("eval")
+
+    assert main(["train", *common, "--model", str(folder), "--dataset", str(data),
+                 "--output_dir", str(tmp_path / "chat")]) == 0
+    assert all(isinstance(p, RenderedPrompt) for p in seen["prompts"])
+    assert [p.messages for p in seen["prompts"]] == [[{"role": "user", "content": p}] for p in eval_prompts]
+    assert seen["prompts"] == render_prompts(chat_tokenizer, [[{"role": "user", "content": p}] for p in eval_prompts])
+    assert isinstance(seen["judge"], _JudgeTextOfChat)
+    assert json.loads((tmp_path / "chat" / "eval.json").read_text())["n"] == len(eval_prompts)
+
+    assert main(["train", *common, "--output_dir", str(tmp_path / "text")]) == 0
+    assert seen["prompts"] is None and isinstance(seen["judge"], ReviewsWorld)  # world.prompts("eval"), as before
+    assert json.loads((tmp_path / "text" / "eval.json").read_text())["n"] == len(eval_prompts)
+
+    # the judge reads the world's own prompt out of the rendering: the tutor world cannot parse the rendered text
+    tutor = get_world("tutor")
+    questions = tutor.prompts("eval")[:4]
+    rendered = render_prompts(chat_tokenizer, [[{"role": "user", "content": q}] for q in questions])
+    answers = ["first the ones : 7 + 8 = 15 . your turn !", "the answer is 85 .", "", "hint : start with the ones ."]
+    judge = _JudgeTextOfChat(tutor)
+    assert judge.gold_reward(rendered, answers) == tutor.gold_reward(questions, answers)
+    assert judge.gold_verdict(rendered, answers, answers[::-1]) == tutor.gold_verdict(questions, answers, answers[::-1])
+    assert [judge.is_grammatical(r, a) for r, a in zip(rendered, answers)] == \
+        [tutor.is_grammatical(q, a) for q, a in zip(questions, answers)]
+    with pytest.raises(ValueError, match="not a tutor-world question"):
+        tutor.gold_reward(rendered, answers)

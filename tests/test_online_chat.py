@@ -220,3 +220,69 @@ def test_a_reward_model_renders_conversational_prompts_with_its_own_template(cha
     same = RewardModel(rm_model, chat_tokenizers["with_bos"])
     assert torch.allclose(same.raw_scores(policy_side, responses),
                           same.raw_scores([str(p) for p in policy_side], responses))
+
+
+def test_reward_model_is_normalised_on_the_rendered_training_prompts(tmp_path, pocket_reviews, reviews_world,
+                                                                    chat_tokenizers, monkeypatch):
+    """--reward RM_FOLDER with conversational training prompts: the normalisation scores 8 samples of π_ref on each
+    rendered training prompt (the text the reward model sees in training), and shift/scale are their mean and std;
+    with text prompts it still uses the world's train split. `train` hands its rendered prompts over."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForSequenceClassification
+
+    from alignlib.loop import resolve_reward
+    from alignlib.pocket import pocket_dir
+    from alignlib.reward_model import RewardModel
+
+    model, plain = pocket_reviews
+    tok = chat_tokenizers["with_bos"]
+    torch.manual_seed(0)
+    rm_dir = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_pretrained(pocket_dir("reviews") / "sft", num_labels=1).save_pretrained(rm_dir)
+    plain.save_pretrained(rm_dir)
+    scored, raw_scores = [], RewardModel.raw_scores
+
+    def recording(self, prompts, responses):
+        scored.append(list(prompts))
+        return raw_scores(self, prompts, responses)
+
+    monkeypatch.setattr(RewardModel, "raw_scores", recording)
+    cfg = TrainConfig(method="grpo", reward=str(rm_dir), max_new_tokens=6, seed=0, output_dir=str(tmp_path / "run"),
+                      max_steps=1, per_device_train_batch_size=2, samples_per_prompt=2, save_steps=0, progress=False,
+                      logging_steps=0)
+    data = _chat_jsonl(tmp_path / "chat.jsonl", reviews_world)
+    rendered = online_prompts(cfg, str(data), tok)
+    device = SimpleNamespace(device=torch.device("cpu"))
+
+    rm = resolve_reward(cfg, tok, model, device, rendered)
+    assert len(scored) == 1 and Counter(scored[0]) == Counter({p: 8 for p in rendered})
+    assert all(isinstance(p, RenderedPrompt) for p in scored[0])
+    expected = sample(model, tok, [p for p in rendered for _ in range(8)], max_new_tokens=6, seed=cfg.seed + 17)
+    raw = raw_scores(rm, expected.prompts, expected.texts)
+    assert rm.shift == pytest.approx(raw.mean().item()) and rm.scale == pytest.approx(raw.std().item())
+
+    scored.clear()  # text prompts (the default path): the world's train split, as before
+    rm_text = resolve_reward(cfg, plain, model, device, online_prompts(cfg, None, plain))
+    assert Counter(scored[0]) == Counter({p: 8 for p in reviews_world.prompts("train")})
+    assert not any(isinstance(p, RenderedPrompt) for p in scored[0]) and rm_text.shift != rm.shift
+
+    scored.clear()  # the loop passes its rendered prompts: its first scoring is this normalisation
+    train(cfg, model=copy.deepcopy(model), tokenizer=tok, dataset=str(data))
+    assert Counter(scored[0]) == Counter({p: 8 for p in rendered}) and len(scored) > 1
+
+
+def test_normalisation_prompts_are_distinct_and_capped(reviews_world):
+    """Conversational training prompts normalise the reward model once each, at most NORMALISATION_PROMPTS of them,
+    evenly spread over the data; text prompts (or none) give the world's train split."""
+    from alignlib.loop import NORMALISATION_PROMPTS, normalisation_prompts
+
+    chats = [RenderedPrompt(f"<bos>review the {i} :", [{"role": "user", "content": str(i)}]) for i in range(3000)]
+    assert normalisation_prompts(reviews_world, chats[:5] * 3) == chats[:5]
+    capped = normalisation_prompts(reviews_world, chats)
+    assert len(capped) == NORMALISATION_PROMPTS == len(set(capped)) and capped[0] is chats[0]
+    assert capped[-1] in chats[-3:] and all(isinstance(p, RenderedPrompt) for p in capped)
+    train_split = reviews_world.prompts("train")
+    assert normalisation_prompts(reviews_world) == train_split
+    assert normalisation_prompts(reviews_world, ["review the pizza :"]) == train_split

@@ -103,3 +103,40 @@ def test_bad_p3o_config_is_refused(tmp_path, kw, message):
 def test_bad_p3o_config_is_refused_by_train_before_any_step(tmp_path):
     with pytest.raises(ValueError, match="must be even"):
         train(_config(tmp_path, per_device_train_batch_size=3))
+
+
+def test_p3o_trains_under_ddp(tmp_path):
+    """Two gloo processes (accelerate launch): pairs stay on one rank, the first minibatch is on-policy on both."""
+    from test_train_invariants import launch_ddp
+
+    out = tmp_path / "ddp"
+    flags = ["--method", "p3o", "--world", "reviews", "--max_steps", "4", "--save_steps", "2",
+             "--per_device_train_batch_size", "4", "--num_mini_batches", "1", "--ppo_epochs", "2",
+             "--beta", "0.05", "--max_new_tokens", "12", "--learning_rate", "3e-4", "--logging_steps", "0",
+             "--no_progress", "--output_dir", str(out)]
+    record = launch_ddp(tmp_path / "ddp.json", flags)
+    h = record["history"]
+    assert record["world_size"] == 2 and len(h) == 4
+    assert all(math.isfinite(v) for r in h for v in r.values())
+    assert [r["ratio"] for r in h[::2]] == pytest.approx([1.0, 1.0], abs=1e-5)  # each rollout's first minibatch
+    assert abs(h[1]["ratio"] - 1.0) > 1e-5  # the second epoch sees a moved policy
+    assert (out / "final" / "config.json").exists() and (out / "checkpoint-2").exists()
+
+
+def test_p3o_with_lora_trains_only_the_adapters_and_resumes_exactly(tmp_path, interrupt_and_resume, reviews_world):
+    """--lora: the reference is the base with adapters off; the base weights never move; resume is exact."""
+    cfg = _config(tmp_path, "lora", lora=True, max_steps=4, save_steps=2, learning_rate=3e-3, num_mini_batches=1,
+                  gradient_accumulation_steps=1)
+    result = train(cfg, reward_fn=_gold(reviews_world))
+    h = result.history
+    assert h[0]["kl"] == pytest.approx(0.0, abs=1e-5) and h[0]["ratio"] == pytest.approx(1.0, abs=1e-5)
+    model = result.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable), sorted(trainable)[:5]
+    assert (result.output_dir / "final" / "adapter_config.json").exists()
+    assert max(abs(r["ratio"] - 1.0) for r in h) > 1e-5 and h[2]["kl"] > 1e-6  # the adapters did move the policy
+    resumed = interrupt_and_resume(dataclasses.replace(cfg, output_dir=str(tmp_path / "lora-resume")), "p3o", 4,
+                                   reward_fn=_gold(reviews_world))
+    worst = max(abs(a[k] - b[k]) for a, b in zip(resumed.history, h) for k in a)
+    weights = max((p - q).abs().max().item() for p, q in zip(resumed.model.parameters(), model.parameters()))
+    assert len(resumed.history) == 4 and worst <= 1e-6 and weights <= 1e-6, (worst, weights)

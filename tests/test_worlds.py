@@ -189,3 +189,35 @@ def test_prefer_invalid_label_noise_raises(world, noise):
 def test_feedback_names_the_specific_problem(world, response, message):
     """`feedback` returns the message for the first problem found (grammar, repetition, topic, sentiment)."""
     assert world.feedback(P, response) == message
+
+
+# ------------------------------------------------- the shared fault counter
+def test_count_sentence_faults_counts_repeats_rejections_and_off_topic_sentences():
+    """One walk for every world: a repeat is counted (and not parsed again) before the grammar is asked, a
+    rejected sentence is ungrammatical, a parse naming another topic is off topic but kept (flagged) in `parsed`;
+    u = bad / sentences, and 1 for a response without sentences."""
+    from alignlib.worlds.base import count_sentence_faults
+
+    calls = []
+
+    def parse(words):  # "X ." parses to (X, X) when X is a known word; "it ." names no topic
+        calls.append(tuple(words))
+        return (words[0], None if words[0] == "it" else words[0]) if words[0] in ("lake", "tree", "it") else None
+
+    sentences = [["lake", "."], ["lake", "."], ["tree", "."], ["zzz", "."], ["it", "."], ["zzz", "."], ["lake", "."]]
+    faults = count_sentence_faults(sentences, parse, "lake", mentioned=lambda parsed: parsed[1])
+    assert (faults.sentences, faults.repeated, faults.bad, faults.off_topic) == (7, 3, 1, 1)
+    assert faults.parsed == [(("lake", "lake"), True), (("tree", "tree"), False), (("it", None), True)]
+    assert faults.ungrammatical == 1 / 7
+    assert calls == [("lake", "."), ("tree", "."), ("zzz", "."), ("it", ".")]  # repeats are not parsed again
+    no_topic = count_sentence_faults(sentences, parse)  # without `mentioned` nothing is off topic
+    assert no_topic.off_topic == 0 and all(on for _, on in no_topic.parsed)
+    empty = count_sentence_faults([], parse, "lake")
+    assert (empty.sentences, empty.bad, empty.parsed, empty.ungrammatical) == (0, 0, [], 1.0)
+
+
+def test_reviews_score_reads_the_shared_fault_counts(world):
+    """The reviews world's penalties are the shared counter's: a repeat, an off-topic and a broken sentence."""
+    s = world.score(P, "the pizza was good . the pizza was good . the phone was bad . pizza the was .")
+    assert (s["repeated"], s["off_topic"], s["ungrammatical"]) == (1.0, 1.0, 0.25)
+    assert s["sentiment"] == 1.0  # only the first, on-topic, grammatical sentence counts

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import random
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 
 def prompt_topic(prompt: str) -> str | None:
@@ -35,6 +36,60 @@ def split_sentences(response: str, end_marks: Sequence[str] = (".", "!")) -> lis
     if current:
         sentences.append(current + ["<unfinished>"])
     return sentences
+
+
+@dataclass
+class SentenceFaults:
+    """What `count_sentence_faults` found in a response's sentences.
+
+    `parsed` holds, in order, the parse of every sentence that is neither a repeat
+    nor rejected by the grammar, each with a flag that is False when the sentence
+    names a topic other than the prompt's (those are also counted in `off_topic`).
+    """
+
+    sentences: int = 0
+    bad: int = 0
+    repeated: int = 0
+    off_topic: int = 0
+    parsed: list[tuple[Any, bool]] = field(default_factory=list)
+
+    @property
+    def ungrammatical(self) -> float:
+        """Return u, the fraction of sentences the grammar rejects (1 for a response with no sentence)."""
+        return self.bad / self.sentences if self.sentences else 1.0
+
+
+def count_sentence_faults(
+    sentences: Sequence[Sequence[str]],
+    parse: Callable[[list[str]], Any],
+    topic: str | None = None,
+    mentioned: Callable[[Any], str | None] | None = None,
+) -> SentenceFaults:
+    """Count the repeated, ungrammatical and off-topic sentences of a split response.
+
+    A sentence equal to an earlier one is a repeat and is not parsed again; otherwise
+    `parse(words)` returning None makes it ungrammatical. When `mentioned` is given, it
+    reads the topic a parse names (None: no topic), and a parse naming a topic other
+    than `topic` is off topic. The worlds' gold judgements share this walk and differ
+    only in what they do with `SentenceFaults.parsed`.
+    """
+    out = SentenceFaults(sentences=len(sentences))
+    seen: set[tuple[str, ...]] = set()
+    for words in sentences:
+        key = tuple(words)
+        if key in seen:
+            out.repeated += 1
+            continue
+        seen.add(key)
+        parsed = parse(words)
+        if parsed is None:
+            out.bad += 1
+            continue
+        named = mentioned(parsed) if mentioned is not None else None
+        on_topic = named is None or named == topic
+        out.off_topic += not on_topic
+        out.parsed.append((parsed, on_topic))
+    return out
 
 
 @dataclass(frozen=True)

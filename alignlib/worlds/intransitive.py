@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..nash_games import check_probabilities, cyclic_preference_matrix
-from .base import Example, World, prompt_topic, split_sentences
+from .base import Example, World, count_sentence_faults, prompt_topic, split_sentences
 
 TOPICS = [
     "lake", "forest", "city", "mountain", "river", "garden", "ocean", "village", "desert", "bridge",
@@ -193,19 +193,8 @@ class IntransitiveWorld(World):
         sentences = split_sentences(response)
         if not sentences:
             return {"quality": -1.0, "ungrammatical": 1.0, "repeated": 0.0, "off_topic": 0.0, "style": style_class}
-        bad, repeated, off_topic = 0, 0, 0
-        seen: set[tuple[str, ...]] = set()
-        for words in sentences:
-            if tuple(words) in seen:
-                repeated += 1
-                continue
-            seen.add(tuple(words))
-            parsed = parse_sentence(words)
-            if parsed is None:
-                bad += 1
-            elif parsed[1] is not None and parsed[1] != topic:
-                off_topic += 1
-        u = bad / len(sentences)
+        faults = count_sentence_faults(sentences, parse_sentence, topic, mentioned=lambda parsed: parsed[1])
+        u, repeated, off_topic = faults.ungrammatical, faults.repeated, faults.off_topic
         quality = 1.0 - u - REPETITION_PENALTY * repeated - OFF_TOPIC_PENALTY * off_topic
         return {"quality": quality, "ungrammatical": u, "repeated": float(repeated), "off_topic": float(off_topic),
                 "style": style_class}

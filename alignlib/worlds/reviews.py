@@ -21,7 +21,7 @@ import math
 import random
 from typing import Sequence
 
-from .base import Example, World
+from .base import Example, World, count_sentence_faults
 
 ITEMS = (
     "movie film book hotel pizza phone laptop camera restaurant cafe game album show car bike "
@@ -198,24 +198,12 @@ class ReviewsWorld(World):
         sentences = split_sentences(response)
         if not sentences:
             return {"reward": -1.0, "sentiment": 0.0, "ungrammatical": 1.0, "repeated": 0.0, "off_topic": 0.0}
-        sentiment, bad, repeated, off_topic = 0.0, 0, 0, 0
-        seen: set[tuple[str, ...]] = set()
-        for words in sentences:
-            key = tuple(words)
-            if key in seen:
-                repeated += 1
-                continue
-            seen.add(key)
-            parsed = parse_sentence(words)
-            if parsed is None:
-                bad += 1
-                continue
-            polarity, mentioned = parsed
-            if mentioned is not None and mentioned != item:
-                off_topic += 1
-                continue
-            sentiment += polarity
-        u = bad / len(sentences)
+        faults = count_sentence_faults(sentences, parse_sentence, item, mentioned=lambda parsed: parsed[1])
+        sentiment, repeated, off_topic = 0.0, faults.repeated, faults.off_topic
+        for (polarity, _), on_topic in faults.parsed:
+            if on_topic:  # only grammatical, on-topic, first occurrences carry sentiment
+                sentiment += polarity
+        u = faults.ungrammatical
         reward = (math.tanh(sentiment / SENTIMENT_SCALE) - UNGRAMMATICAL_PENALTY * u
                   - REPETITION_PENALTY * repeated - OFF_TOPIC_PENALTY * off_topic)
         return {"reward": reward, "sentiment": sentiment, "ungrammatical": u,

@@ -49,7 +49,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .base import Example, World
+from .base import Example, World, count_sentence_faults
 from .base import split_sentences as _split_sentences
 
 STYLES = ("direct", "solution", "scaffold", "hint")
@@ -193,6 +193,14 @@ def _lhs_ok(lhs: list[str]) -> bool:
     return all(_number(t) is not None for t in lhs[0::2]) and all(t in ("+", "-") for t in lhs[1::2])
 
 
+def _parse_checked(words: list[str]) -> tuple[str, tuple] | None:
+    """`parse_sentence`, also rejecting a step whose left-hand side is no well-formed sum or difference."""
+    parsed = parse_sentence(words)
+    if parsed is not None and parsed[0] in ("ones", "tens") and not _lhs_ok(parsed[1][0]):
+        return None
+    return parsed
+
+
 @dataclass
 class Assessment:
     """What the rubric saw in one response (the parts of eq-tutor-rubric)."""
@@ -226,25 +234,13 @@ def assess(problem: Problem, response: str) -> Assessment:
     if not sentences:
         out.empty = True
         return out
-    seen: set[tuple[str, ...]] = set()
-    bad = 0
+    faults = count_sentence_faults(sentences, _parse_checked)
+    out.repeated = faults.repeated
     handed_over = False
     ones_lhs, ones_res = problem.ones_step()
     digit, word = problem.carry_step()
     tens_lhs, tens_res = problem.tens_step()
-    for words in sentences:
-        if tuple(words) in seen:
-            out.repeated += 1
-            continue
-        seen.add(tuple(words))
-        parsed = parse_sentence(words)
-        if parsed is None:
-            bad += 1
-            continue
-        kind, fields = parsed
-        if kind in ("ones", "tens") and not _lhs_ok(fields[0]):
-            bad += 1
-            continue
+    for (kind, fields), _ in faults.parsed:
         if kind == "ones":
             out.steps += 1
             ok = fields[0] == ones_lhs and fields[1] == ones_res
@@ -278,7 +274,7 @@ def assess(problem: Problem, response: str) -> Assessment:
     out.leak |= str(problem.answer) in response.split()
     out.hint = out.hint and out.steps == 0
     out.turn = handed_over and not out.leak
-    out.ungrammatical = bad / len(sentences)
+    out.ungrammatical = faults.ungrammatical
     return out
 
 

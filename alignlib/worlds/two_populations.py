@@ -44,7 +44,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from .base import Example, World, prompt_topic, split_sentences
+from .base import Example, World, count_sentence_faults, prompt_topic, split_sentences
 
 TOPICS = ["lake", "forest", "city", "mountain", "river", "garden", "village", "bridge",
           "castle", "island", "market", "museum"]
@@ -193,23 +193,13 @@ class TwoPopulationsWorld(World):
         """Return the parts of (eq-twopop-reward): formal/casual sentence counts, f, faults and penalty."""
         topic = prompt_topic(strip_header(prompt))
         sentences = split_sentences(response)
+        faults = count_sentence_faults(sentences, parse_sentence, topic, mentioned=lambda parsed: parsed[1])
+        bad, repeated, off_topic = faults.bad, faults.repeated, faults.off_topic
         counts = [0, 0]
-        bad, repeated, off_topic = 0, 0, 0
-        seen: set[tuple[str, ...]] = set()
-        for words in sentences:
-            if tuple(words) in seen:
-                repeated += 1
-                continue
-            seen.add(tuple(words))
-            parsed = parse_sentence(words)
-            if parsed is None:
-                bad += 1
-                continue
-            if parsed[1] is not None and parsed[1] != topic:
-                off_topic += 1
-            counts[parsed[0]] += 1
+        for (register, _), _on_topic in faults.parsed:  # an off-topic sentence still counts for its register
+            counts[register] += 1
         valid = counts[0] + counts[1]
-        u = bad / len(sentences) if sentences else 1.0
+        u = faults.ungrammatical
         penalty = u + REPETITION_PENALTY * repeated + OFF_TOPIC_PENALTY * off_topic
         return {"formal": float(counts[0]), "casual": float(counts[1]), "bad": float(bad),
                 "repeated": float(repeated), "off_topic": float(off_topic),
