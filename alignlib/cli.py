@@ -46,35 +46,6 @@ def _parser(*dataclasses_):
     return HfArgumentParser(dataclasses_)
 
 
-class _JudgeTextOfChat:
-    """A world whose gold judgement reads a rendered conversational prompt as the world's text prompt inside it.
-
-    A world's programs parse their own prompt text ("what is 47 + 38 ?"), not a chat
-    template's rendering; the policy still answers the rendered prompt.
-    """
-
-    def __init__(self, world):
-        self.world = world
-
-    def __getattr__(self, name):
-        return getattr(self.world, name)
-
-    @staticmethod
-    def _text(prompts):
-        from .data import RenderedPrompt
-
-        return [p.messages[-1]["content"] if isinstance(p, RenderedPrompt) else p for p in prompts]
-
-    def gold_reward(self, prompts, responses):
-        return self.world.gold_reward(self._text(prompts), responses)
-
-    def gold_verdict(self, prompts, responses_a, responses_b):
-        return self.world.gold_verdict(self._text(prompts), responses_a, responses_b)
-
-    def is_grammatical(self, prompt, response):
-        return self.world.is_grammatical(self._text([prompt])[0], response)
-
-
 def trained_on_chat(config: TrainConfig) -> bool:
     """True when training read its prompts from data in TRL's conversational format (lists of messages)."""
     if config.dataset is None:
@@ -95,9 +66,10 @@ def _evaluate(policy, reference, tokenizer, world_name, samples_per_prompt, max_
     world, prompts = get_world(world_name), None
     if chat:
         from .data import render_prompts
+        from .worlds.base import ChatPromptJudge
 
         prompts = render_prompts(tokenizer, [[{"role": "user", "content": p}] for p in world.prompts("eval")])
-        world = _JudgeTextOfChat(world)
+        world = ChatPromptJudge(world)
     result = evaluate_policy(policy, reference, tokenizer, world, prompts=prompts, samples_per_prompt=samples_per_prompt,
                              max_new_tokens=max_new_tokens, seed=seed)
     return result.as_dict()

@@ -131,7 +131,9 @@ def resolve_reward(config: TrainConfig, tokenizer, initial_policy, accelerator, 
 
     world = get_world(config.world)
     if config.reward == "gold":
-        return world.gold_reward
+        from .worlds.base import ChatPromptJudge
+
+        return ChatPromptJudge(world).gold_reward  # reads the world's question inside a rendered chat prompt
     from .reward_model import RewardModel
     from .rollout import sample
 

@@ -144,7 +144,13 @@ def judge_by_reward(reward_fn: RewardFn) -> Callable:
 
 
 def judge_by_oracle(world, label_noise: float = 0.0) -> Callable:
-    """Return the world's gold preference oracle as a judge (Bradley–Terry draw, labels flipped w.p. label_noise)."""
+    """Return the world's gold preference oracle as a judge (Bradley–Terry draw, labels flipped w.p. label_noise).
+
+    Rendered conversational prompts are read as the world's question inside them (`ChatPromptJudge`).
+    """
+    from .worlds.base import ChatPromptJudge
+
+    world = ChatPromptJudge(world)
 
     def judge(prompts, a, b, seed):
         return world.prefer(list(prompts), list(a), list(b), seed=seed, label_noise=label_noise)

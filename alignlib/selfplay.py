@@ -192,8 +192,9 @@ class InpoPairs(OnlinePairs):
 # ------------------------------------------------------------------ source factories (Method.source)
 def _world(ctx):
     from .worlds import get_world
+    from .worlds.base import ChatPromptJudge
 
-    return get_world(ctx.config.world)
+    return ChatPromptJudge(get_world(ctx.config.world))  # its judgement reads rendered chat prompts too
 
 
 def nash_md_source(ctx) -> NashMDPairs:

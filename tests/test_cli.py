@@ -143,9 +143,10 @@ def test_train_evaluates_on_the_kind_of_prompt_it_trained_on(tmp_path, pocket_re
     import copy
 
     import alignlib.evaluate as evaluate
-    from alignlib.cli import _JudgeTextOfChat, main
+    from alignlib.cli import main
     from alignlib.data import RenderedPrompt, render_prompts
     from alignlib.worlds import ReviewsWorld, get_world
+    from alignlib.worlds.base import ChatPromptJudge
 
     model, tokenizer = pocket_reviews
     chat_tokenizer = copy.deepcopy(tokenizer)
@@ -173,7 +174,7 @@ def test_train_evaluates_on_the_kind_of_prompt_it_trained_on(tmp_path, pocket_re
     assert all(isinstance(p, RenderedPrompt) for p in seen["prompts"])
     assert [p.messages for p in seen["prompts"]] == [[{"role": "user", "content": p}] for p in eval_prompts]
     assert seen["prompts"] == render_prompts(chat_tokenizer, [[{"role": "user", "content": p}] for p in eval_prompts])
-    assert isinstance(seen["judge"], _JudgeTextOfChat)
+    assert isinstance(seen["judge"], ChatPromptJudge)
     assert json.loads((tmp_path / "chat" / "eval.json").read_text())["n"] == len(eval_prompts)
 
     assert main(["train", *common, "--output_dir", str(tmp_path / "text")]) == 0
@@ -185,7 +186,7 @@ def test_train_evaluates_on_the_kind_of_prompt_it_trained_on(tmp_path, pocket_re
     questions = tutor.prompts("eval")[:4]
     rendered = render_prompts(chat_tokenizer, [[{"role": "user", "content": q}] for q in questions])
     answers = ["first the ones : 7 + 8 = 15 . your turn !", "the answer is 85 .", "", "hint : start with the ones ."]
-    judge = _JudgeTextOfChat(tutor)
+    judge = ChatPromptJudge(tutor)
     assert judge.gold_reward(rendered, answers) == tutor.gold_reward(questions, answers)
     assert judge.gold_verdict(rendered, answers, answers[::-1]) == tutor.gold_verdict(questions, answers, answers[::-1])
     assert [judge.is_grammatical(r, a) for r, a in zip(rendered, answers)] == \

@@ -286,3 +286,31 @@ def test_normalisation_prompts_are_distinct_and_capped(reviews_world):
     train_split = reviews_world.prompts("train")
     assert normalisation_prompts(reviews_world) == train_split
     assert normalisation_prompts(reviews_world, ["review the pizza :"]) == train_split
+
+
+def test_gold_judgement_reads_the_world_question_inside_rendered_prompts(chat_tokenizers):
+    """Gold reward (loop), oracle judge (online pairs) and self-play preferences score a rendered chat prompt as
+    the world's own question inside it: the tutor world cannot parse the rendering itself."""
+    from types import SimpleNamespace
+
+    from alignlib.loop import resolve_reward
+    from alignlib.selfplay import _world
+    from alignlib.worlds import get_world
+
+    tutor = get_world("tutor")
+    questions = tutor.prompts("eval")[:4]
+    rendered = render_prompts(chat_tokenizers["with_bos"], [
+        [{"role": "system", "content": "you are a tutor ."}, {"role": "user", "content": q}] for q in questions])
+    answers = ["first the ones : 7 + 8 = 15 . your turn !", "the answer is 85 .", "", "hint : start with the ones ."]
+    with pytest.raises(ValueError, match="not a tutor-world question"):
+        tutor.gold_reward(rendered, answers)
+
+    reward = resolve_reward(TrainConfig(method="grpo", world="tutor"), None, None, None)
+    assert reward(rendered, answers) == tutor.gold_reward(questions, answers)
+    judge = judge_by_oracle(tutor)
+    flipped = answers[::-1]
+    assert judge(rendered, answers, flipped, 3) == tutor.prefer(questions, answers, flipped, seed=3, label_noise=0.0)
+    world = _world(SimpleNamespace(config=TrainConfig(method="nash_md", world="tutor")))
+    assert list(world.preference_probability(rendered, answers, flipped)) == \
+        list(tutor.preference_probability(questions, answers, flipped))
+    assert world.name == tutor.name and judge(questions, answers, flipped, 3) == judge(rendered, answers, flipped, 3)

@@ -203,3 +203,51 @@ class World(ABC):
         Worlds used by the language-feedback chapter implement this.
         """
         raise NotImplementedError(f"world {self.name!r} gives no language feedback")
+
+
+def world_text_prompt(prompt):
+    """Return the world's own prompt text inside a rendered conversational prompt (else `prompt` unchanged).
+
+    A chat template's rendering (`alignlib.data.RenderedPrompt`) wraps the world's
+    question in markers and maybe a system message; the world's programs parse only
+    their own text, which is the content of the last user message.
+    """
+    messages = getattr(prompt, "messages", None)
+    if not isinstance(prompt, str) or not messages:
+        return prompt
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    return users[-1] if users else prompt
+
+
+class ChatPromptJudge:
+    """A world whose every method reads rendered conversational prompts as the world's text prompts inside them.
+
+    Wrap a world with it wherever its gold judgement may receive the prompts of a
+    conversational run (the policy still answers the rendered prompt): the first
+    argument of each method, a prompt or a sequence of prompts, is mapped through
+    `world_text_prompt`; text prompts pass unchanged, so wrapping is always safe.
+    """
+
+    def __init__(self, world):
+        self.world = world.world if isinstance(world, ChatPromptJudge) else world
+
+    def __getattr__(self, name):
+        attr = getattr(self.world, name)
+        if not callable(attr):
+            return attr
+
+        def reading_text_prompts(*args, **kwargs):
+            if args:
+                first = args[0]
+                if isinstance(first, str):
+                    first = world_text_prompt(first)
+                elif isinstance(first, (list, tuple)):
+                    first = [world_text_prompt(p) for p in first]
+                args = (first, *args[1:])
+            return attr(*args, **kwargs)
+
+        reading_text_prompts.__name__ = name
+        return reading_text_prompts
+
+    def __repr__(self) -> str:
+        return f"ChatPromptJudge({self.world!r})"
