@@ -50,8 +50,12 @@ class TrainConfig:
     listwise_loss: str = _help("loss of --method listwise: lipo_lambda, listmle, listnet, pro, dpo_best_worst, "
                                "dpo_all_pairs (alignlib.losses.LISTWISE_LOSSES)", "lipo_lambda")
     rpo_alpha: float = _help("RPO: weight α of the chosen completions' NLL added to DPO", 1.0)
+    t_reg_alpha: float = _help("--method t_reg: weight α of the token-weighted DPO term added to DPO (0 = DPO)", 1.0)
+    t_reg_tau: float = _help("--method t_reg: softmax temperature τ of the token weights (large = uniform = DPO)", 1.0)
     f_divergence_type: str = _help("f-DPO: reverse_kl (= DPO), forward_kl, js or alpha", "reverse_kl")
     f_alpha_divergence_coef: float = _help("f-DPO with alpha divergence: α (TRL's convention)", 0.5)
+    fdpg_divergence: str = _help("f_dpg: the f-divergence D_f(π_θ ‖ p) to the target p ∝ π_ref·exp(r/β): "
+                                 "reverse_kl (= KL-regularised RL), forward_kl (= DPG), js or tv", "reverse_kl")
     center_rewards_coefficient: Optional[float] = _help(
         "reward models: weight of mean((r_w + r_l)²), which keeps rewards centred (TRL's RewardConfig)", None)
 
@@ -227,6 +231,14 @@ class TrainConfig:
         if self.f_divergence_type not in ("reverse_kl", "forward_kl", "js", "alpha"):
             raise ValueError(f"f_divergence_type must be reverse_kl, forward_kl, js or alpha, got "
                              f"{self.f_divergence_type!r}")
+        from .losses.fdpg import DIVERGENCES
+
+        if self.fdpg_divergence not in DIVERGENCES:
+            raise ValueError(f"unknown fdpg_divergence {self.fdpg_divergence!r}; choose one of {', '.join(DIVERGENCES)}")
+        if self.method == "f_dpg" and (self.beta <= 0 or self.samples_per_prompt < 2):
+            raise ValueError(f"--method f_dpg needs beta > 0 (the target is π_ref·exp(r/β)) and samples_per_prompt ≥ 2 "
+                             f"(Z(x) is estimated from each prompt's samples); got beta={self.beta}, "
+                             f"samples_per_prompt={self.samples_per_prompt}")
         if not 0.0 <= self.label_noise <= 0.5:
             raise ValueError(f"label_noise must be in [0, 0.5], got {self.label_noise}")
         if self.learning_rate <= 0:
@@ -234,6 +246,12 @@ class TrainConfig:
         if self.method == "reward" and self.lora:
             raise ValueError("--lora is not supported with --method reward yet; train the reward model in full")
         self._check_ppo()
+        if self.t_reg_alpha < 0 or self.t_reg_tau <= 0:
+            raise ValueError(f"t_reg_alpha must be ≥ 0 (0 gives DPO) and t_reg_tau > 0, got {self.t_reg_alpha} and "
+                             f"{self.t_reg_tau}")
+        if self.method == "t_reg" and self.precompute_ref_log_probs:
+            raise ValueError("--method t_reg weights π_ref's log-prob of every token, which precomputed sequence "
+                             "log-probs do not keep; drop --precompute_ref_log_probs")
         if self.precompute_ref_log_probs and (METHODS[self.method].data not in ("pairs", "lists")
                                               or not METHODS[self.method].needs_reference):
             raise ValueError(f"--precompute_ref_log_probs needs an offline method with a reference (dpo, listwise); "

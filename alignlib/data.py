@@ -13,6 +13,7 @@ boundary).
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from typing import Any
 import torch
 
 COLUMNS = {"pairs": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion"), "prompts": ("prompt",)}
+# optional columns of pair rows: one reward per completion token (its tokens, then EOS), read by T-REG
+TOKEN_REWARD_COLUMNS = ("chosen_token_rewards", "rejected_token_rewards")
 
 
 class DataError(ValueError):
@@ -127,7 +130,29 @@ def load_rows(source: Any, kind: str) -> list[dict[str, Any]]:
                 f"{where}, row {i}: chosen and rejected are the same text, which carries no preference (the loss "
                 "would push one sequence up and down at once); drop such rows"
             )
+    if kind == "pairs" and any(c in row for row in rows for c in TOKEN_REWARD_COLUMNS):
+        return [{**{c: row[c] for c in required}, **_token_reward_columns(row, i, where)} for i, row in enumerate(rows)]
     return [{c: row[c] for c in required} for row in rows]
+
+
+def _token_reward_columns(row: dict, i: int, where: str) -> dict[str, list[float]]:
+    """Return the validated optional token-reward columns of pair row `i` (both or neither)."""
+    missing = [c for c in TOKEN_REWARD_COLUMNS if c not in row]
+    if missing:
+        raise DataError(f"{where}, row {i}: missing column(s) {missing}; token rewards need both columns "
+                        f"{list(TOKEN_REWARD_COLUMNS)} in every row (or none in any)")
+    if isinstance(row["prompt"], list):
+        raise DataError(f"{where}, row {i}: token rewards are supported for text rows only (a chat template "
+                        "changes the completion's tokens); render the conversation to text first")
+    out = {}
+    for c in TOKEN_REWARD_COLUMNS:
+        values = row[c]
+        if not isinstance(values, (list, tuple)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            raise DataError(f"{where}, row {i}, column {c!r}: expected a list of finite numbers (one per completion "
+                            f"token, EOS included), got {str(values)[:80]}")
+        out[c] = [float(v) for v in values]
+    return out
 
 
 def check_messages(messages: list, where: str) -> None:
@@ -240,6 +265,7 @@ class TokenizedExample:
     scores: list[float] | None = None  # graded labels of ranked lists (alignlib.lists), one per completion
     unlikely: list[list[int]] | None = None  # "cut" data: 0/1 per completion token, 1 = marked by the judgement
     ref_logps: list[float] | None = None  # log π_ref of each completion, when precomputed (precompute_ref_log_probs)
+    token_rewards: list[list[float]] | None = None  # pairs: one reward per completion token, per completion (T-REG)
 
 
 def encode_prompt(tokenizer, prompt: str, max_prompt_length: int | None, add_special_tokens: bool = True) -> list[int]:
@@ -292,14 +318,24 @@ def tokenize_rows(
             prompt_ids = encode_prompt(tokenizer, texts["prompt"], max_prompt_length, add_special_tokens=not chat)
         except DataError as exc:
             raise DataError(f"row {i}: {exc}") from None
-        completions = []
+        completions, token_rewards = [], []
         for col in completion_cols:
             ids, cut = encode_completion(tokenizer, texts[col], max_completion_length)
             truncated += cut
             completions.append(ids)
-        out.append(TokenizedExample(prompt_ids, completions))
+            if f"{col}_token_rewards" in row:  # aligned with the ids: the completion's tokens, then EOS
+                token_rewards.append(_align_token_rewards(row[f"{col}_token_rewards"], ids, cut, f"row {i}, {col}"))
+        out.append(TokenizedExample(prompt_ids, completions, token_rewards=token_rewards or None))
     warn_truncated(truncated, max_completion_length)
     return out
+
+
+def _align_token_rewards(values: list[float], ids: list[int], truncated: bool, where: str) -> list[float]:
+    """Return one token reward per id of the (possibly truncated) completion; DataError if the count is wrong."""
+    if len(values) == len(ids) or (truncated and len(values) > len(ids)):
+        return list(values[: len(ids)])
+    raise DataError(f"{where}: {len(values)} token rewards for a completion of {len(ids)} tokens (its tokens, then "
+                    "EOS, as alignlib.diagnostics.completion_token_logprobs returns them); give one reward per token")
 
 
 def warn_truncated(count: int, max_completion_length: int | None) -> None:
@@ -341,6 +377,14 @@ def collate_examples(examples: Sequence[TokenizedExample], pad_token_id: int) ->
                                           dtype=torch.float32)
     if examples[0].scores is not None:  # ranked lists: scores[b, j] labels row j·B + b
         batch["scores"] = torch.tensor([ex.scores for ex in examples], dtype=torch.float32)
+    if examples[0].token_rewards is not None:  # T-REG: per-token rewards, in input_ids coordinates (0 elsewhere)
+        rewards = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+        for k in range(n_completions):
+            for b, ex in enumerate(examples):
+                start = len(ex.prompt_ids)
+                values = ex.token_rewards[k]
+                rewards[k * len(examples) + b, start:start + len(values)] = torch.tensor(values, dtype=torch.float32)
+        batch["token_rewards"] = rewards
     if examples[0].unlikely is not None:  # "cut" data: the marked tokens, in input_ids coordinates
         marks = torch.zeros_like(batch["input_ids"])
         for i, ex in enumerate(examples):

@@ -244,3 +244,43 @@ def mean_credit_by_role(prompts: Sequence[str], credit: Sequence[tuple[Sequence[
             entry[0] += r
             entry[1] += 1
     return {role: (total / count, count) for role, (total, count) in sorted(sums.items())}
+
+
+def contrastive_token_rewards(model, tokenizer, prompts: Sequence[str], responses: Sequence[str], good_prefix: str,
+                              bad_prefix: str, max_completion_length: int | None = 64) -> list[torch.Tensor]:
+    """Return, per (prompt, response), r_t = log π(y_t | good ⊕ x, y_<t) − log π(y_t | bad ⊕ x, y_<t) [len].
+
+    T-REG's self-generated token rewards (Zhou et al. 2024, METHODS.md §3.13): the
+    same model, prompted to do well and to do badly, scores every token of the
+    response; tokens the "good" prompt makes likelier get r_t > 0. Prefixes are
+    written before the prompt with one space. One value per completion token, EOS
+    included, as the training loop tokenises the response (`completion_token_logprobs`).
+    """
+    if good_prefix == bad_prefix:
+        raise ValueError(f"good_prefix and bad_prefix are the same ({good_prefix!r}), so every token reward is 0; "
+                         "pass two prompts that ask for different quality")
+    good = completion_token_logprobs(model, tokenizer, [f"{good_prefix} {p}" for p in prompts], responses,
+                                     max_completion_length=max_completion_length)
+    bad = completion_token_logprobs(model, tokenizer, [f"{bad_prefix} {p}" for p in prompts], responses,
+                                     max_completion_length=max_completion_length)
+    out = []
+    for (ids_g, lp_g), (ids_b, lp_b) in zip(good, bad):
+        if ids_g != ids_b:  # the response is tokenised on its own, so the prefix cannot change its tokens
+            raise ValueError("the prefixes changed how a response is tokenised; token rewards would not align")
+        out.append(lp_g - lp_b)
+    return out
+
+
+def add_contrastive_token_rewards(rows: Sequence[dict], model, tokenizer, good_prefix: str, bad_prefix: str,
+                                  max_completion_length: int | None = 64) -> list[dict]:
+    """Return pair rows with "chosen_token_rewards"/"rejected_token_rewards" from `contrastive_token_rewards`.
+
+    Computed once, before training, by `model` (T-REG: the reference model itself);
+    the rows then train `--method t_reg` through the loop.
+    """
+    prompts = [r["prompt"] for r in rows for _ in range(2)]
+    texts = [t for r in rows for t in (r["chosen"], r["rejected"])]
+    rewards = contrastive_token_rewards(model, tokenizer, prompts, texts, good_prefix, bad_prefix,
+                                        max_completion_length=max_completion_length)
+    return [{**r, "chosen_token_rewards": rewards[2 * i].tolist(), "rejected_token_rewards": rewards[2 * i + 1].tolist()}
+            for i, r in enumerate(rows)]

@@ -109,6 +109,23 @@ def dpo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, flo
     return loss, {"loss": loss.item(), **metrics}
 
 
+def t_reg_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """T-REG on a pair batch whose rows carry per-token rewards ("token_rewards", losses/pairwise.t_reg_loss)."""
+    from .losses.pairwise import t_reg_loss
+
+    if "token_rewards" not in batch:
+        raise ValueError("--method t_reg needs token rewards: give every pair row 'chosen_token_rewards' and "
+                         "'rejected_token_rewards' (one per completion token, EOS included), e.g. from "
+                         "alignlib.diagnostics.add_contrastive_token_rewards")
+    _, token_lp, mask, _, ref_token_lp = _policy_and_reference_logps(ctx, batch)
+    rewards, b = batch["token_rewards"][:, 1:].to(token_lp.dtype), token_lp.shape[0] // 2  # token t read at t − 1
+    mask = mask.to(token_lp.dtype)
+    loss, metrics = t_reg_loss(token_lp[:b], token_lp[b:], ref_token_lp[:b], ref_token_lp[b:], mask[:b], mask[b:],
+                               rewards[:b], rewards[b:], beta=ctx.config.beta, alpha=ctx.config.t_reg_alpha,
+                               tau=ctx.config.t_reg_tau)
+    return loss, {"loss": loss.item(), **metrics}
+
+
 def reward_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """Score whole prompt+completion rows (B chosen, then B rejected) and apply the Bradley–Terry loss."""
     rewards = ctx.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
@@ -138,6 +155,20 @@ def grpo_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, fl
     advantages = group.grpo_advantages(batch["scores"], ctx.config.samples_per_prompt)
     loss, metrics = group.grpo_loss(token_lp, token_lp.detach(), advantages, mask, ref_logprobs=ref_token_lp,
                                   beta=ctx.config.beta, loss_type="grpo")
+    return loss, {"loss": loss.item(), "score": batch["scores"].mean().item(),
+                  "kl": (logps - ref_logps).detach().mean().item(), **metrics}
+
+
+def f_dpg_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """f-DPG on k samples per prompt: minimise D_f(π_θ ‖ p), p ∝ π_ref·exp(score/β) (losses/fdpg.py; chapter 3b).
+
+    The divergence is `config.fdpg_divergence`; Z(x) is estimated from each prompt's group.
+    """
+    from .losses.fdpg import fdpg_loss
+
+    logps, _, _, ref_logps, _ = _policy_and_reference_logps(ctx, batch)
+    loss, metrics = fdpg_loss(logps, ref_logps, batch["scores"], ctx.config.samples_per_prompt, beta=ctx.config.beta,
+                              divergence=ctx.config.fdpg_divergence)
     return loss, {"loss": loss.item(), "score": batch["scores"].mean().item(),
                   "kl": (logps - ref_logps).detach().mean().item(), **metrics}
 
@@ -224,12 +255,15 @@ METHODS: dict[str, Method] = {
     # language feedback (chapter 7): contrastive unlikelihood on judgement-marked tokens
     "cut": Method("cut", data="cut", needs_reference=False, step=cut_step),
     "dpo": Method("dpo", data="pairs", needs_reference=True, step=dpo_step),
+    "t_reg": Method("t_reg", data="pairs", needs_reference=True, step=t_reg_step),  # DPO + token-weighted term (ch. 4)
     "reward": Method("reward", data="pairs", needs_reference=False, step=reward_step, model_kind="reward"),
     "listwise": Method("listwise", data="lists", needs_reference=True, step=listwise_step),
     # online: the batch source samples from the current policy (alignlib.online)
     "online_dpo": Method("online_dpo", data="online_pairs", needs_reference=True, step=dpo_step),
     "rloo": Method("rloo", data="online_groups", needs_reference=True, step=rloo_step),
     "grpo": Method("grpo", data="online_groups", needs_reference=True, step=grpo_step),
+    # f-DPG: any f-divergence to the tilted target π_ref·exp(r/β) (alignlib.losses.fdpg; chapter 3b)
+    "f_dpg": Method("f_dpg", data="online_groups", needs_reference=True, step=f_dpg_step),
     "raft": Method("raft", data="online_groups", needs_reference=False, step=raft_step),
     "superhf": Method("superhf", data="online_groups", needs_reference=True, step=superhf_step),
     # PPO: rollouts + critic + minibatch epochs (alignlib.ppo)

@@ -9,6 +9,7 @@
     sft        token-averaged negative log-likelihood
     feedback   language feedback: CUT's contrastive unlikelihood, hindsight flags
     offline_pg offline policy gradient on scored samples: A-LoL
+    fdpg       f-DPG: any f-divergence to a target distribution (reverse/forward KL, JS, TV)
 """
 
 from . import group, listwise, nash, pairwise, ppo, reward
@@ -19,6 +20,7 @@ from .sft import sft_loss
 from . import feedback
 from .feedback import cut_loss
 from . import offline_pg
+from . import fdpg
 
 __all__ = ["PAIRWISE_LOSSES", "LISTWISE_LOSSES", "dpo_loss", "sft_loss", "bradley_terry_loss", "ensemble_reward", "preference_strength",
-           "pairwise", "ppo", "group", "listwise", "nash", "reward", "feedback", "cut_loss", "offline_pg"]
+           "pairwise", "ppo", "group", "listwise", "nash", "reward", "feedback", "cut_loss", "offline_pg", "fdpg"]

@@ -616,3 +616,84 @@ PAIRWISE_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, Metrics]]] = {
     "copg": copg_loss,
 }
 """Name → loss; each takes (policy_chosen, policy_rejected, ref_chosen, ref_rejected logps, beta=..., **kwargs)."""
+
+
+# ------------------------------------------------------------------ T-REG: token-level reward regularisation
+def t_reg_weights(token_rewards: torch.Tensor, mask: torch.Tensor, tau: float, sign: float = 1.0) -> torch.Tensor:
+    """Return T-REG's token weights w_t = n · softmax_t(sign · r_t / τ) over each row's n masked tokens, 0 elsewhere.
+
+    token_rewards, mask: [B, T]. sign = +1 for chosen answers (weight on the tokens the
+    token rewards call good), −1 for rejected ones (weight on the tokens they call bad).
+    The weights of a row sum to n, so constant rewards (or τ → ∞) give w_t = 1.
+    Computed without gradient: the weights are constants of the loss.
+    """
+    if tau <= 0:
+        raise ValueError(f"t_reg tau (the softmax temperature of the token weights) must be > 0, got {tau}")
+    if token_rewards.shape != mask.shape:
+        raise ValueError(f"token rewards {tuple(token_rewards.shape)} and mask {tuple(mask.shape)} differ in shape; "
+                         "give one reward per completion token, aligned with the mask")
+    with torch.no_grad():
+        m = mask.bool()
+        logits = (sign * token_rewards.float() / tau).masked_fill(~m, float("-inf"))
+        n = m.sum(-1, keepdim=True).float()
+        w = torch.softmax(logits, dim=-1).nan_to_num(0.0) * n  # a row with no tokens gets weight 0
+        return w * m
+
+
+def t_reg_loss(
+    policy_chosen_token_logps: torch.Tensor,
+    policy_rejected_token_logps: torch.Tensor,
+    ref_chosen_token_logps: torch.Tensor,
+    ref_rejected_token_logps: torch.Tensor,
+    chosen_mask: torch.Tensor,
+    rejected_mask: torch.Tensor,
+    chosen_token_rewards: torch.Tensor,
+    rejected_token_rewards: torch.Tensor,
+    beta: float = 0.1,
+    alpha: float = 1.0,
+    tau: float = 1.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """Return T-REG (DPO + α × a token-weighted DPO term; mean over the batch) and TRL-named metrics.
+
+    Our reading of Zhou et al. (2024), whose exact form we could not check
+    (METHODS.md §3.13, UNVERIFIED). With per-token log-ratios
+    ρ_t(y) = log π_θ(y_t | x, y_<t) − log π_ref(y_t | x, y_<t) and token rewards r_t:
+
+        w_t(y_w) = n_w · softmax_t( r_t / τ),   w_t(y_l) = n_l · softmax_t(−r_t / τ)   (eq-treg-weights)
+        L_reg    = − log σ( β Σ_t w_t ρ_t(y_w) − β Σ_t w_t ρ_t(y_l) )
+        L        = L_DPO + α · L_reg                                                  (eq-treg-loss)
+
+    The weights are constants (no gradient). L_DPO uses the plain sums Σ_t ρ_t, so
+    α = 0 is DPO exactly, and constant token rewards (or τ → ∞) make L_reg = L_DPO.
+    L_reg's gradient on ρ_t(y_w) is −β w_t σ(−z): more push up on the chosen answer's
+    high-reward tokens, and on the rejected answer's low-reward tokens.
+
+    Shapes: token log-probs, masks and token rewards of the chosen answers [B, T_w], of
+    the rejected ones [B, T_l] (masks 1 on completion tokens); returns a scalar loss.
+    """
+    if beta <= 0:
+        raise ValueError(f"t_reg beta must be > 0, got {beta}")
+    if alpha < 0:
+        raise ValueError(f"t_reg alpha (the weight of the token-level term) must be ≥ 0, got {alpha}; 0 gives DPO")
+    for side, tensors in (("chosen", (policy_chosen_token_logps, ref_chosen_token_logps, chosen_mask,
+                                      chosen_token_rewards)),
+                          ("rejected", (policy_rejected_token_logps, ref_rejected_token_logps, rejected_mask,
+                                        rejected_token_rewards))):
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise ValueError(f"t_reg: the {side} token log-probs (policy, reference), mask and token rewards must "
+                             f"all be [B, T] of one shape, got {[tuple(t.shape) for t in tensors]}")
+    if chosen_mask.shape[0] != rejected_mask.shape[0]:
+        raise ValueError(f"t_reg: {chosen_mask.shape[0]} chosen rows but {rejected_mask.shape[0]} rejected rows")
+    rho_w = (policy_chosen_token_logps - ref_chosen_token_logps) * chosen_mask
+    rho_l = (policy_rejected_token_logps - ref_rejected_token_logps) * rejected_mask
+    chosen_logratio, rejected_logratio = rho_w.sum(-1), rho_l.sum(-1)
+    dpo = _sigmoid_preference(beta * (chosen_logratio - rejected_logratio))
+    w_w = t_reg_weights(chosen_token_rewards, chosen_mask, tau, +1.0)
+    w_l = t_reg_weights(rejected_token_rewards, rejected_mask, tau, -1.0)
+    reg = _sigmoid_preference(beta * ((w_w * rho_w).sum(-1) - (w_l * rho_l).sum(-1)))
+    loss = (dpo + alpha * reg).mean()
+    metrics = reward_metrics(chosen_logratio, rejected_logratio, beta)
+    metrics.update({"dpo_loss": dpo.mean().item(), "t_reg/reg_loss": reg.mean().item(),
+                    "t_reg/max_weight": torch.cat([w_w.max(-1).values, w_l.max(-1).values]).mean().item()})
+    return loss, metrics
