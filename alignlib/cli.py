@@ -27,6 +27,9 @@ class EvalConfig:
     samples_per_prompt: int = field(default=4, metadata={"help": "samples per eval prompt"})
     max_new_tokens: int = field(default=32, metadata={"help": "tokens per sampled completion"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
+    chat: bool = field(default=False, metadata={
+        "help": "ask each eval prompt as one user message rendered by the model's chat template (for a model "
+                "trained on conversational prompts); the gold judge reads the world's question inside it"})
 
 
 @dataclass
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             policy, tokenizer = load_tokenizer_and_model(cfg.model, cfg.world)
             reference, _ = load_tokenizer_and_model(cfg.reference, cfg.world)
             print(json.dumps(_evaluate(policy, reference, tokenizer, cfg.world, cfg.samples_per_prompt,
-                                       cfg.max_new_tokens, cfg.seed), indent=1))
+                                       cfg.max_new_tokens, cfg.seed, chat=cfg.chat), indent=1))
         else:
             from .pocket import PocketConfig, load_pocket, pocket_dir
             from .worlds import get_world

@@ -177,6 +177,15 @@ def test_train_evaluates_on_the_kind_of_prompt_it_trained_on(tmp_path, pocket_re
     assert isinstance(seen["judge"], ChatPromptJudge)
     assert json.loads((tmp_path / "chat" / "eval.json").read_text())["n"] == len(eval_prompts)
 
+    # `evaluate --chat` does the same for any saved model
+    assert main(["evaluate", "--model", str(folder), "--reference", str(folder), "--samples_per_prompt", "1",
+                 "--max_new_tokens", "6", "--chat", "true"]) == 0
+    assert [p.messages for p in seen["prompts"]] == [[{"role": "user", "content": p}] for p in eval_prompts]
+    assert isinstance(seen["judge"], ChatPromptJudge)
+    assert main(["evaluate", "--model", str(folder), "--reference", str(folder), "--samples_per_prompt", "1",
+                 "--max_new_tokens", "6"]) == 0
+    assert seen["prompts"] is None and isinstance(seen["judge"], ReviewsWorld)
+
     assert main(["train", *common, "--output_dir", str(tmp_path / "text")]) == 0
     assert seen["prompts"] is None and isinstance(seen["judge"], ReviewsWorld)  # world.prompts("eval"), as before
     assert json.loads((tmp_path / "text" / "eval.json").read_text())["n"] == len(eval_prompts)
