@@ -83,6 +83,13 @@ def test_pages_exist(built_book: Path):
     assert (built_book / "chapters" / "01_pocket_world.html").exists()
 
 
+def test_no_progress_bars_or_stderr_on_the_pages(built_book: Path):
+    """Chapter pages show printed results and figures, not progress-bar refreshes or warnings (stderr)."""
+    noisy = [p.name for p in sorted((built_book / "chapters").glob("*.html"))
+             if 'class="output stderr' in (text := p.read_text(encoding="utf-8")) or re.search(r"\d(it/s|s/it)\]", text)]
+    assert not noisy, f"pages with stderr output or progress bars: {noisy} (see nb_output_stderr in _config.yml)"
+
+
 def test_references_rendered(built_book: Path):
     html = (built_book / "book" / "references.html").read_text(encoding="utf-8")
     assert 'role="doc-biblioentry"' in html, "no bibliography entry rendered"
@@ -119,7 +126,12 @@ def test_no_cdn_urls(built_book: Path):
 
 # ------------------------------------------------------------ real browser
 BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync")
+                 "--disable-component-update", "--disable-sync",
+                 # The network is off for the browser: every host name but 127.0.0.1 fails to resolve, and any
+                 # other request goes to a proxy on a closed port (loopback, where the book is served, bypasses
+                 # proxies). test_browser_has_no_network checks that this really blocks the network.
+                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", "--proxy-server=http://127.0.0.1:9")
+SCREENSHOTS = ROOT / "_build" / "screenshots"
 # a math element, then (display equations) its equation number, then what MathJax left there
 MATH_ELEMENT = re.compile(r'class="math notranslate nohighlight"[^>]*>\s*(?:<span class="eqno">.*?</span>\s*)?(.{0,16})',
                           re.S)
@@ -149,20 +161,42 @@ def served_book(built_book: Path):
     server.shutdown()
 
 
+def run_chromium(chromium: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run headless Chromium with a fresh profile (its own --user-data-dir) and the network off."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        return subprocess.run([chromium, *BROWSER_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=180, cwd=cwd)
+
+
 def rendered_dom(chromium: str, url: str) -> str:
     """Return the DOM of `url` after scripts ran (MathJax typesets on load), from headless Chromium."""
-    proc = subprocess.run([chromium, *BROWSER_FLAGS, "--virtual-time-budget=30000", "--dump-dom", url],
-                          capture_output=True, text=True, timeout=180)
+    proc = run_chromium(chromium, "--virtual-time-budget=30000", "--dump-dom", url)
     assert proc.returncode == 0 and "<html" in proc.stdout, f"chromium failed on {url}:\n{proc.stderr[-2000:]}"
     return proc.stdout
+
+
+def _require_chromium() -> str:
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium here; CI installs it (apt-get install chromium), see README")
+    return chromium
+
+
+def test_browser_has_no_network():
+    """The flags the browser tests use really take the network away: a page on the internet fails to load
+    (so the math and figure checks below pass offline, as the issue demands)."""
+    chromium = _require_chromium()
+    proc = run_chromium(chromium, "--virtual-time-budget=10000", "--dump-dom", "https://example.com/")
+    assert "Example Domain" not in proc.stdout, "the browser reached the internet: the network-off flags do not work"
+    assert "ERR_" in proc.stderr, f"expected a network error loading example.com, got:\n{proc.stderr[-1500:]}"
 
 
 def test_every_page_renders_its_math_in_a_real_browser(built_book: Path, served_book: str):
     """In headless Chromium every math element of every chapter is typeset by the local MathJax, without
     errors, and every image a page shows exists in the built book."""
-    chromium = _chromium()
-    if chromium is None:
-        pytest.skip("no Chromium here; CI installs it (apt-get install chromium), see README")
+    chromium = _require_chromium()
     pages = [built_book / "book" / "notation.html", *sorted((built_book / "chapters").glob("*.html"))]
     problems, typeset = [], 0
     for page in pages:
@@ -184,6 +218,59 @@ def test_every_page_renders_its_math_in_a_real_browser(built_book: Path, served_
                 problems.append(f"{rel}: image {src[:80]} is missing or remote")
     print(f"headless Chromium: {typeset} math elements typeset on {len(pages)} pages")
     assert not problems, "\n".join(problems)
+
+
+FIGURE = re.compile(r'<figure[^>]*id="([^"]+)"[^>]*>(.*?)</figure>', re.S)
+PLOTTED_IMAGE = re.compile(r'<img[^>]*alt="([^"]*)"[^>]*src="([^"]*_images/[^"]+)"')
+
+
+def test_every_chapter_shows_captioned_figures(built_book: Path):
+    """Every chapter has at least one figure; every plotted image is a numbered figure with a caption and
+    an alt text that describes it (not its file name)."""
+    problems = []
+    for page in sorted((built_book / "chapters").glob("*.html")):
+        html = page.read_text(encoding="utf-8")
+        in_figures = set()
+        for name, body in FIGURE.findall(html):
+            images = PLOTTED_IMAGE.findall(body)
+            caption = re.search(r'class="caption-text">(.*?)</span><a class="headerlink"', body, re.S)
+            if not caption or len(re.sub(r"<[^>]+>", "", caption.group(1)).strip()) < 30:
+                problems.append(f"{page.name}: figure {name} has no caption (or a very short one)")
+            for alt, src in images:
+                in_figures.add(src)
+                if "_images/" in alt or alt.endswith(".png") or len(alt) < 10:
+                    problems.append(f"{page.name}: figure {name} has alt text {alt!r}; describe the plot")
+        plotted = PLOTTED_IMAGE.findall(html)
+        if not plotted:
+            problems.append(f"{page.name}: no figure at all")
+        problems += [f"{page.name}: image {src} has no caption (cell metadata mystnb.figure.caption)"
+                     for _alt, src in plotted if src not in in_figures]
+    assert not problems, "\n".join(problems)
+
+
+def test_screenshots_of_rendered_pages(built_book: Path, served_book: str):
+    """Headless Chromium saves screenshots of the notation page and of the top of chapter 4 to
+    _build/screenshots/ (to look at), and each shows a rendered page, not a blank or an error page.
+    (A URL with a #fragment screenshots blank in headless Chromium, so pages are shot from the top.)"""
+    from PIL import Image
+
+    chromium = _require_chromium()
+    targets = {"notation": "book/notation.html", "chapter4": "chapters/04_dpo_family.html"}
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for name, rel in targets.items():
+        path = SCREENSHOTS / f"{name}.png"
+        path.unlink(missing_ok=True)
+        proc = run_chromium(chromium, "--virtual-time-budget=30000", "--hide-scrollbars", "--window-size=1280,1600",
+                            f"--screenshot={path}", f"{served_book}/{rel}")
+        assert proc.returncode == 0 and path.is_file(), f"no screenshot of {rel}:\n{proc.stderr[-1500:]}"
+        with Image.open(path) as image:
+            pixels = image.convert("RGB")
+            assert pixels.size == (1280, 1600), pixels.size
+            colours = pixels.getcolors(maxcolors=1 << 20)
+        commonest = max(count for count, _ in colours)
+        assert len(colours) > 200 and commonest < 0.97 * 1280 * 1600, (
+            f"screenshot {path} looks blank ({len(colours)} colours, {commonest} pixels of one colour)")
+        print(f"screenshot saved: {path}")
 
 
 # ------------------------------------------------------------ links and launch buttons
