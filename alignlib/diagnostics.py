@@ -1,13 +1,13 @@
 """Diagnostics of pairwise training: log-probabilities of fixed preference pairs under a model.
 
-Used by the DPO-family chapter to watch what a margin loss does to each side of a
-pair separately (gradient entanglement, METHODS.md §3.14): the loss only sees the
-margin h = ρ(y_w) − ρ(y_l), so ℓ(y_w) and ℓ(y_l) can both fall while h grows;
+Used by the DPO-family chapter (chapter 4) to watch what a margin loss does to each side of a
+pair separately (gradient entanglement, Yuan et al. 2024; eq-gradient-entanglement): the loss
+only sees the margin h = ρ(y_w) − ρ(y_l), so ℓ(y_w) and ℓ(y_l) can both fall while h grows;
 and to measure whether a trained model *ranks* answers like gold does, against
-the ranking accuracy its exact optimum would reach (Chen et al., §3.15); and to
+the ranking accuracy its exact optimum would reach (Chen et al. 2024; eq-idealised-ranking); and to
 read DPO's implicit reward β·log π_θ/π_ref as a judge of pairs (`ImplicitReward`,
 compared with an explicit reward model by Lin et al.) and token by token
-(`token_implicit_rewards`, `token_credit`: the credit of "From r to Q*", §3.16).
+(`token_implicit_rewards`, `token_credit`: the credit of "From r to Q*", Rafailov et al. 2024).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def ranking_accuracy(logp_a: torch.Tensor, logp_b: torch.Tensor, truth) -> float
     logp_a, logp_b: [N] log π(y|x) of the two answers (sums over tokens, or
     per-token means for the length-normalised variant); truth: [N] gold verdicts
     (`World.gold_verdict`). Pairs that gold ties are left out. This is the
-    ranking accuracy of Chen et al. (METHODS.md §3.15) with gold in place of
+    ranking accuracy of Chen et al. (2024; chapter 4) with gold in place of
     the raters' majority.
     """
     order = _gold_order(truth)
@@ -69,7 +69,7 @@ def ranking_accuracy(logp_a: torch.Tensor, logp_b: torch.Tensor, truth) -> float
 
 def idealised_ranking_accuracy(ref_a: torch.Tensor, ref_b: torch.Tensor, reward_gap: torch.Tensor, beta: float,
                                truth, tie_ratio: float = 1.05) -> float:
-    """Return the ranking accuracy of the exact KL-regularised optimum π* ∝ π_ref·exp(r*/β) (METHODS.md §3.15).
+    """Return the ranking accuracy of the exact KL-regularised optimum π* ∝ π_ref·exp(r*/β) (Chen et al. 2024).
 
     log π*(a)/π*(b) = log π_ref(a)/π_ref(b) + (r*(a) − r*(b))/β, where reward_gap = r*(a) − r*(b)
     is on the Bradley–Terry log-odds scale of the labels (for a world's oracle:
@@ -97,8 +97,8 @@ def token_implicit_rewards(policy_token_logps: torch.Tensor, ref_token_logps: to
     policy_token_logps, ref_token_logps, mask: [B, T] (token log-probs as
     `alignlib.logprobs.sequence_logprobs` returns them, mask 1 on completion
     tokens). Summed over t this is the sequence implicit reward β·ρ_θ(y) of
-    eq-log-ratio (METHODS.md §3.1); read token by token it is the credit that
-    "From r to Q*" interprets as an optimal advantage (METHODS.md §3.16).
+    eq-log-ratio (the book's Notation page); read token by token it is the credit that
+    "From r to Q*" (Rafailov et al. 2024) interprets as an optimal advantage.
     """
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
@@ -250,7 +250,7 @@ def contrastive_token_rewards(model, tokenizer, prompts: Sequence[str], response
                               bad_prefix: str, max_completion_length: int | None = 64) -> list[torch.Tensor]:
     """Return, per (prompt, response), r_t = log π(y_t | good ⊕ x, y_<t) − log π(y_t | bad ⊕ x, y_<t) [len].
 
-    T-REG's self-generated token rewards (Zhou et al. 2024, METHODS.md §3.13): the
+    T-REG's self-generated token rewards (Zhou et al. 2024; chapter 4, eq-treg-token-reward): the
     same model, prompted to do well and to do badly, scores every token of the
     response; tokens the "good" prompt makes likelier get r_t > 0. Prefixes are
     written before the prompt with one space. One value per completion token, EOS

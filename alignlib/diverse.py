@@ -7,12 +7,12 @@
   writes, and its fit is a convex problem, so EM's M-step is exact and its monotone ascent
   can be checked to the last digit. The *policy* is the real pocket LM, trained by the one
   loop (`alignlib.train`) with these rewards.
-* **EM over a mixture of BT models** (MaxMin-RLHF, Chakraborty et al. 2024; METHODS.md §8.1):
+* **EM over a mixture of BT models** (MaxMin-RLHF, Chakraborty et al. 2024; chapter 9):
   annotators have a hidden group u; soft EM alternates responsibilities (eq-em-estep) and
   weighted BT fits (eq-em-mstep). `hard=True` gives the paper's hard assignments.
 * **MaxMin policy optimisation**: reward = the learned group reward of the worst-off group
   (eq-maxmin), each group reward standardised under π_ref's samples first.
-* **DPA** (Wang et al. 2024; METHODS.md §8.2): attribute vector r(x, y) ∈ R^k, user direction
+* **DPA** (Wang et al. 2024; chapter 9): attribute vector r(x, y) ∈ R^k, user direction
   v with ‖v‖ = 1, reward vᵀr; preference-conditioned rejection-sampling fine-tuning, with v
   written in the prompt, steers the policy at inference.
 """
@@ -333,7 +333,7 @@ def direction_at(angle_degrees: float) -> np.ndarray:
 
 
 def directional_scores(attributes: torch.Tensor, direction) -> torch.Tensor:
-    """Return vᵀ r for attribute vectors `attributes` [..., k] and direction v [k] (METHODS.md §8.2 item 4)."""
+    """Return vᵀ r for attribute vectors `attributes` [..., k] and direction v [k] (eq-dpa-reward)."""
     attributes = torch.as_tensor(attributes, dtype=torch.float32)
     v = torch.as_tensor(check_direction(direction, attributes.shape[-1]), dtype=attributes.dtype)
     return attributes @ v

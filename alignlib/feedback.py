@@ -241,7 +241,7 @@ def _completion_token_logps(model, tokenizer, contexts: Sequence[str], completio
 
 def hindsight_cut_rows(model, tokenizer, world, prompts: Sequence[str], responses: Sequence[str],
                        threshold: float = 1.1) -> tuple[list[dict], dict[str, int]]:
-    """Return "cut" rows whose marks come from CUT's hindsight ratio under `model` (METHODS.md 6.2), and counts.
+    """Return "cut" rows whose marks come from CUT's hindsight ratio under `model` (eq-cut-hindsight), and counts.
 
     For a response the critic rejects, word i is marked when one of its tokens has
     p(y_t | x, critique) / p(y_t | x) > `threshold` (`losses.feedback.hindsight_flags`),

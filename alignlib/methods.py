@@ -180,7 +180,7 @@ def _best_of_each_group(batch: dict, k: int) -> dict:
 
 
 def raft_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """RAFT, iterated: SFT on the best of each prompt's k fresh samples (reward-ranked fine-tuning, METHODS 2.6).
+    """RAFT, iterated: SFT on the best of each prompt's k fresh samples (reward-ranked fine-tuning, Dong et al. 2023).
 
     One optimizer step per sampled batch ("local" ranking, keep 1/k): the LMFlow
     recipe with a round of one step. Scores: the reward of all samples, and of the kept ones.
@@ -192,7 +192,10 @@ def raft_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, fl
 
 
 def superhf_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """SuperHF: cross-entropy on the best of each prompt's k samples + β · KL(π_ref ‖ π_θ) per token (METHODS 2.7)."""
+    """SuperHF: cross-entropy on the best of each prompt's k samples + β · KL(π_ref ‖ π_θ) per token.
+
+    (Mukobi et al. 2023.)
+    """
     best = _best_of_each_group(batch, ctx.config.samples_per_prompt)
     ids, attn = best["input_ids"], best["attention_mask"]
     logits = ctx.model(input_ids=ids, attention_mask=attn).logits
@@ -236,7 +239,7 @@ def cut_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, flo
 
 
 def a_lol_step(ctx: StepContext, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """A-LoL on lists of K reference samples per prompt with rewards (losses/offline_pg.py, METHODS 3.11).
+    """A-LoL on lists of K reference samples per prompt with rewards (losses/offline_pg.py; Baheti et al. 2024).
 
     V_ref(x) is the mean reward of the prompt's K samples (a Monte-Carlo stand-in for the paper's value head).
     """

@@ -2,10 +2,10 @@
 
 A finite preference game has n responses and a preference matrix P with
 P[i, j] = P(i ≻ j), P + Pᵀ = 1 (so P[i, i] = ½). A policy is a probability vector π.
-Notation of METHODS.md chapter 4:
+Notation of the book's chapter 5:
 
-    P(y ≻ π)        = Σ_j P[y, j] π_j = (P π)_y                        (eq-win-rate)
-    exploitability  = max_y P(y ≻ π) − ½  ≥ 0                           (eq-exploitability)
+    P(y ≻ π)        = Σ_j P[y, j] π_j = (P π)_y                        (eq-ch5-win-rate)
+    exploitability  = max_y P(y ≻ π) − ½  ≥ 0                           (eq-ch5-exploitability)
 
 The game is symmetric and zero-sum in A = P − ½ (A = −Aᵀ), so its value is 0: π is a
 (symmetric) Nash equilibrium exactly when its exploitability is 0. A maximum over mixed
@@ -107,13 +107,13 @@ def _check_policy(pi, n: int, what: str = "policy") -> np.ndarray:
 
 # ------------------------------------------------------------------ game quantities
 def win_rates(P, pi) -> np.ndarray:
-    """Return P(y ≻ π) for every response y: the vector P π, (eq-win-rate)."""
+    """Return P(y ≻ π) for every response y: the vector P π, (eq-ch5-win-rate)."""
     P = validate_preference_matrix(P)
     return P @ _check_policy(pi, len(P))
 
 
 def exploitability(P, pi) -> float:
-    """Return max_y P(y ≻ π) − ½, (eq-exploitability): 0 exactly at a Nash equilibrium."""
+    """Return max_y P(y ≻ π) − ½, (eq-ch5-exploitability): 0 exactly at a Nash equilibrium."""
     return float(win_rates(P, pi).max() - 0.5)
 
 
@@ -182,7 +182,7 @@ def regularized_nash_equilibrium(P, ref, tau: float, tol: float = 1e-10, max_ste
     section numbers not checked here).
 
     π*_τ = argmax_π min_π' P(π ≻ π') − τ KL(π‖μ) + τ KL(π'‖μ) is the unique solution of the
-    fixed point π = softmax(log μ + P π / τ)                                (eq-regularized-ne)
+    fixed point π = softmax(log μ + P π / τ)                                (eq-ch5-regularised-ne)
     (each player's best response to the other is this softmax). Solved by damped Newton on
     the logits z, H(z) = z − log μ − P softmax(z)/τ = 0, whose Jacobian I − A D/τ (A = P − ½
     skew, D = diag(π) − ππᵀ ⪰ 0) has eigenvalues 1 − iλ and so is always invertible. The
@@ -241,9 +241,9 @@ def mwu_step(P, pi, eta: float) -> np.ndarray:
 
 
 def nash_md_step(P, pi, ref, eta: float, tau: float) -> np.ndarray:
-    """Return Nash-MD's update (Munos et al. 2024), with β = ητ the mixture weight of METHODS 4.1:
+    """Return Nash-MD's update (Munos et al. 2024), with ητ the weight of μ (= π_ref) in the geometric mixture:
 
-        π_t^μ ∝ π_t^{1−ητ} μ^{ητ};   π_{t+1} ∝ π_t^μ exp(η P(y ≻ π_t^μ))       (eq-nash-md-update)
+        π_t^μ ∝ π_t^{1−ητ} μ^{ητ};   π_{t+1} ∝ π_t^μ exp(η P(y ≻ π_t^μ))   (eq-ch5-nash-md-update)
 
     The opponent is the regularised mixture π_t^μ, not π_t itself.
     """
@@ -252,9 +252,11 @@ def nash_md_step(P, pi, ref, eta: float, tau: float) -> np.ndarray:
 
 
 def inpo_step(P, pi, ref, eta: float, tau: float) -> np.ndarray:
-    """Return INPO's online-mirror-descent update (Zhang et al. 2025; METHODS 4.4, unverified):
+    """Return INPO's online-mirror-descent update (Zhang et al. 2025; form not verified against the paper):
 
-        π_{t+1} ∝ π_t^{1−ητ} μ^{ητ} exp(η P(y ≻ π_t))                        (eq-inpo-update)
+        π_{t+1} ∝ π_t^{1−ητ} μ^{ητ} exp(η P(y ≻ π_t))
+
+    (chapter 5 states it in words in its tabular warm-up; the book has no numbered equation for it).
 
     Same prox term as Nash-MD, but the opponent is the current policy π_t.
     """
@@ -305,7 +307,7 @@ def multiplicative_weights(P, pi0, eta: float = 0.5, steps: int = 1000) -> np.nd
 
 
 def nash_md(P, pi0, ref, eta: float = 0.5, tau: float = 0.1, steps: int = 1000) -> np.ndarray:
-    """Return the trajectory of Nash-MD, (eq-nash-md-update); last iterate → near π*_τ.
+    """Return the trajectory of Nash-MD, (eq-ch5-nash-md-update); last iterate → near π*_τ.
 
     Munos et al. prove last-iterate convergence (linear in t) to a neighbourhood of the
     regularised equilibrium π*_τ whose size shrinks with η/τ.
@@ -318,7 +320,10 @@ def nash_md(P, pi0, ref, eta: float = 0.5, tau: float = 0.1, steps: int = 1000) 
 
 
 def inpo(P, pi0, ref, eta: float = 0.5, tau: float = 0.1, steps: int = 1000) -> np.ndarray:
-    """Return the trajectory of INPO's mirror descent, (eq-inpo-update); its fixed point is exactly π*_τ."""
+    """Return the trajectory of INPO's mirror descent (`inpo_step`, chapter 5's tabular warm-up).
+
+    Its fixed point is exactly π*_τ.
+    """
     P = validate_preference_matrix(P)
     mu = _check_policy(ref, len(P), "reference")
     if not 0 < eta * tau <= 1:

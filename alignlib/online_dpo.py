@@ -200,10 +200,11 @@ def accelerated_iterate(config, model, tokenizer, rounds: int, alpha: float | No
     frozen copy of π̃_t, by `alignlib.train` in `<output_dir>/round-<t>` with seed
     `config.seed + 1000·t`; it ends at θ_{t+1}. Then
 
-        θ̃_{t+1} = θ_{t+1} + α (θ_{t+1} − θ_t)            (eq-apo-extrapolate)
+        θ̃_{t+1} = θ_{t+1} + α (θ_{t+1} − θ_t)
 
     with θ_0 = θ̃_0 the initial weights (He, Yuan & Gu 2024, Alg. 1, taken in weight
-    space; METHODS.md §3.8 gives the log-space form). α = 0 is iterative DPO with the
+    space, as chapter 4b's "What we implement" says; (eq-ch4b-apo) is the log-space form).
+    α = 0 is iterative DPO with the
     previous iterate as reference (default α: `config.apo_alpha`). `config.method` is any pairwise online method
     (online_dpo, xpo, selm). `callback(t, result, extrapolated)` gets the trained
     result (θ_{t+1}) and a frozen model holding θ̃_{t+1}. Each round resumes from its own

@@ -1,6 +1,6 @@
 """Regret versus partial return: two models of how a person compares trajectory segments.
 
-Knox et al., "Models of human preference for learning reward functions" (TMLR 2024); METHODS.md §1.3.
+Knox et al., "Models of human preference for learning reward functions" (TMLR 2024); book chapter 2.
 A segment σ = (s_0, a_0, s_1, …, s_L) is a piece of a trajectory in a deterministic MDP. The two models:
 
     P(σ1 ≻ σ2) = σ( Σ_t r(s¹_t, a¹_t) − Σ_t r(s²_t, a²_t) )                      (eq-partial-return)

@@ -49,7 +49,9 @@ def right_padded_mask(lengths, T):
 
 
 def test_kl_estimators_sign_and_unbiasedness_on_a_categorical():
-    """k3 ≥ 0 everywhere; E_π[k1] = E_π[k3] = KL(π‖π_ref); k2 is biased but ≥ 0 (eq-kl-estimators)."""
+    """k3 ≥ 0 everywhere; E_π[k1] = E_π[k3] = KL(π‖π_ref); k2 is biased but ≥ 0.
+
+    (Chapter 3, beside eq-ppo-reward.)"""
     g = torch.Generator().manual_seed(0)
     p_logits, q_logits = torch.randn(20, generator=g), torch.randn(20, generator=g)
     logp, logq = torch.log_softmax(p_logits, -1), torch.log_softmax(q_logits, -1)

@@ -94,8 +94,8 @@ def fdpg_loss(
     For each prompt, with log w_i = log P(y_i) − log π_θ(y_i) (detached):
 
         log Ẑ = logsumexp_j(log w_j) − log k,   log u_i = log Ẑ − log w_i          (eq-fdpg-z)
-        R_i = −f'(u_i),   A_i = R_i − mean_j R_j                                    (eq-fdpg-reward)
-        L = −(1/(B·k)) Σ_i A_i · log π_θ(y_i)                                       (eq-fdpg-loss)
+        R_i = −f'(u_i),   A_i = R_i − mean_j R_j                                    (eq-fdpg-z)
+        L = −(1/(B·k)) Σ_i A_i · log π_θ(y_i)                                       (the loss under eq-fdpg-z)
 
     so ∇L is the Monte-Carlo estimate of (eq-fdpg-grad) with the group mean as baseline (the
     group mean equals (k−1)/k times the leave-one-out baseline's advantage, so the estimate is

@@ -3,9 +3,9 @@
 CUT ("Reasons to Reject? Aligning LMs with Judgments", Xu et al.) trains on
 responses together with a judgement written in words. Tokens the judgement
 marks as inappropriate get an *unlikelihood* term, which pushes their
-probability down; every other token gets ordinary likelihood (METHODS.md 6.2):
+probability down; every other token gets ordinary likelihood (chapter 7):
 
-    ℓ_t = −w · log(1 − p_t)   if u_t = 1 (marked)            (eq-cut-token)
+    ℓ_t = −w · log(1 − p_t)   if u_t = 1 (marked)
     ℓ_t = −log p_t            otherwise
     L_CUT = Σ_{b,t} m_bt ℓ_bt / N,   N = Σ_{b,t} m_bt         (eq-cut-loss)
 
@@ -41,7 +41,7 @@ def cut_loss(
 
     token_logps, mask, unlikely_mask: [B, T−1] (log π(y_t|x, y_<t), completion mask, and 1 on the
     tokens the judgement marks; `unlikely_mask` is multiplied by `mask`, so padding is never marked).
-    unlikelihood_weight: w of eq-cut-token (the CUT code's `weight_unlike`, default 1).
+    unlikelihood_weight: w of (eq-cut-loss) (the CUT code's `weight_unlike`, default 1).
     num_tokens: the normaliser N (default Σ mask), as in `sft_loss`, so that with no marked token
     the loss *is* `sft_loss`.
     """
@@ -65,7 +65,7 @@ def cut_loss(
 
 def hindsight_flags(logps_with_judgement: torch.Tensor, logps_without: torch.Tensor, mask: torch.Tensor,
                     threshold: float = 1.1) -> torch.Tensor:
-    """Return CUT's unlikelihood mask: 1 where p(y_t | x, j) / p(y_t | x) > threshold (METHODS.md 6.2).
+    """Return CUT's unlikelihood mask: 1 where p(y_t | x, j) / p(y_t | x) > threshold (eq-cut-hindsight).
 
     logps_with_judgement: log p(y_t | x⁺, y_<t) with the judgement j in the context; logps_without:
     log p(y_t | x, y_<t); both [B, T−1] over the *same* completion tokens, aligned. threshold: τ

@@ -31,11 +31,12 @@ def sample_std(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
 
 
 def rloo_advantages(scores: torch.Tensor, k: int, normalize: bool = False, eps: float = 1e-4) -> torch.Tensor:
-    """Return the leave-one-out advantages [B·k] of k samples per prompt.                (eq-rloo)
+    """Return the leave-one-out advantages [B·k] of k samples per prompt.
 
         A_i = s_i − (1/(k−1)) Σ_{j≠i} s_j = k/(k−1) · (s_i − s̄)
 
-    (Ahmadian et al. 2024, "Back to Basics", eq. 4 / Kool et al. 2019). With
+    (Ahmadian et al. 2024, "Back to Basics", eq. 4 / Kool et al. 2019; chapter 3 gives it in words,
+    as a baseline in (eq-policy-gradient).) With
     `normalize`, A ← (A − mean A)/(std A + 1e-4) over the batch, as TRL's
     RLOOConfig `normalize_advantages` (default False). To include TRL's KL
     penalty, pass scores − β·Σ_t m·(lp_old − lp_ref) (its sequence-level k1).
@@ -51,11 +52,12 @@ def rloo_advantages(scores: torch.Tensor, k: int, normalize: bool = False, eps: 
 
 
 def grpo_advantages(scores: torch.Tensor, k: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
-    """Return the group-relative advantages [B·k].                                       (eq-grpo-adv)
+    """Return the group-relative advantages [B·k].
 
         A_i = (s_i − mean_group(s)) / (std + eps)
 
-    std is the Bessel-corrected std of the prompt's group (`scale="group"`,
+    (Chapter 3 gives it in words, as a baseline in (eq-policy-gradient).) std is the
+    Bessel-corrected std of the prompt's group (`scale="group"`,
     DeepSeekMath GRPO and TRL's default `scale_rewards`), of the whole batch
     (`"batch"`, PPO-Lite), or no division (`"none"`, Dr. GRPO). eps = 1e-4 is
     added to the std as in TRL (not inside a square root).
@@ -85,12 +87,14 @@ def grpo_loss(
     max_completion_length: int | None = None,
     num_items_in_batch: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Return the GRPO clipped loss and TRL-named metrics, as TRL 1.16's GRPOTrainer.   (eq-grpo-loss)
+    """Return the GRPO clipped loss and TRL-named metrics, as TRL 1.16's GRPOTrainer.
 
     Per token, with w = exp(lp_θ − lp_old) (token level) or w = exp(mean_t m·(lp_θ − lp_old))
     (`importance_sampling_level="sequence"`, GSPO), A = advantages [B] broadcast over t:
 
         ℓ_t = −min(w·A, clip(w, 1−ε_low, 1+ε_high)·A) + β·k3_t(π_θ, π_ref)
+
+    (the per-token term of chapter 3's (eq-ppo-clip), plus the k3 penalty of `kl_penalty`)
 
     and the normalisation of Σ m·ℓ is the loss type's:
         grpo    mean_b (Σ_t m ℓ / Σ_t m)          per-sequence mean, then batch mean
@@ -159,9 +163,11 @@ def rloo_loss(
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Return TRL 1.16's RLOO loss: a sequence-level clipped surrogate, mean over B.     (eq-rloo-loss)
+    """Return TRL 1.16's RLOO loss: a sequence-level clipped surrogate, mean over B.
 
         q = exp(Σ_t m·lp_θ − Σ_t m·lp_old),   L = mean_b −min(q·A, clip(q, 1−ε, 1+ε_high)·A)
+
+    (chapter 3's (eq-ppo-clip) with one ratio per sequence instead of per token)
 
     Token inputs [B, T]; advantages [B] from `rloo_advantages` (KL, if any, is in
     the reward). ε = 0.2 is RLOOConfig's default. With one update per batch q = 1
@@ -212,7 +218,7 @@ def p3o_loss(
     prompt from π_old, and two clipping variants, "separately" (P3O-V1, this
     function) and "jointly" (P3O-V2, not implemented). The exact V1 formula above is
     our derivation (each trajectory a PPO term with advantage ±Δ), not copied from
-    the paper's Section 4.2; METHODS 2.4 still marks it UNVERIFIED.
+    the paper's Section 4.2, so it remains unverified.
     """
     half_gap = 0.5 * (scores_1 - scores_2)
     q1, q2 = torch.exp(logps_1 - old_logps_1), torch.exp(logps_2 - old_logps_2)
@@ -233,7 +239,7 @@ def raft_select(scores: torch.Tensor, k: int, keep: float = 0.2, strategy: str =
     `strategy="local"`: the top ⌈keep·k⌉ (at least 1) of each prompt's k samples;
     `"top"`: the top ⌈keep·B·k⌉ of the whole batch (LMFlow's default
     `collection_strategy`). keep = 0.2 is LMFlow's `top_reward_percentage`
-    (METHODS 2.6). keep = 1 keeps everything (SFT on own samples). Ties go to the
+    (Dong et al. 2023, RAFT). keep = 1 keeps everything (SFT on own samples). Ties go to the
     lower index (stable sort).
     """
     if not 0.0 < keep <= 1.0:
@@ -258,12 +264,12 @@ def superhf_loss(
     mask: torch.Tensor,
     kl_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Return the SuperHF loss on the filtered (best-of-superbatch) completions.         (eq-superhf)
+    """Return the SuperHF loss on the filtered (best-of-superbatch) completions.
 
         L = CE(y_best) + c · max(0, KL̄),   KL̄ = Σ_t m Σ_v p_orig (log p_orig − log p_θ) / Σ_t m
 
-    (Mukobi et al. 2023; METHODS 2.7). Logits [B, T, V] aligned with `labels` [B, T]
-    (already shifted), `mask` [B, T]. KL̄ is PyTorch's
+    (Mukobi et al. 2023; chapter 3, "SuperHF, P3O and policy filtration", in words).
+    Logits [B, T, V] aligned with `labels` [B, T] (already shifted), `mask` [B, T]. KL̄ is PyTorch's
     KLDivLoss(reduction="batchmean", log_target=True)(log p_θ, log p_orig) over the
     completion tokens, i.e. KL(p_orig ‖ p_θ) averaged per token, as SuperHF's code.
     c = 0 is its dataclass default (set per experiment). Select y_best with

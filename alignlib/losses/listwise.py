@@ -1,4 +1,4 @@
-"""Listwise preference losses: a prompt, K completions and a graded label for each (METHODS.md ch. 5).
+"""Listwise preference losses: a prompt, K completions and a graded label for each (book chapter 6).
 
 Every loss here is pure. Inputs are the sequence log-probs ℓ(y) of the K completions of
 each list under the policy and the reference, `policy_logps` and `ref_logps`, shape [B, K],
@@ -6,7 +6,7 @@ and their labels `scores` ψ, shape [B, K] (higher = better; from a reward model
 or K − rank). Column k of all three is the same completion. Each returns (loss, metrics):
 the loss summed over the list (as the papers write it) and averaged over the B lists.
 
-Notation (METHODS.md §0, §5.1): ρ = ℓ_θ − ℓ_ref, and the model's score of completion i is
+Notation (the book's Notation page, chapter 6): ρ = ℓ_θ − ℓ_ref, and the model's score of completion i is
 s_i = β ρ_i. "i is better than j" means ψ_i > ψ_j strictly.
 
 Ties. Equal labels carry no preference, so tied completions are never compared with each
@@ -95,11 +95,11 @@ def listmle_loss(
         L_ListMLE = − Σ_{k=1}^{K} log( e^{s_π(k)} / Σ_{j ≥ k} e^{s_π(j)} )        (eq-listmle-loss)
 
     (Xia et al. 2008, "Listwise approach to learning to rank", ListMLE; as a LiPO objective,
-    Liu et al. 2024, METHODS.md §5.1. Also DPO's own Plackett–Luce extension, Rafailov
+    Liu et al. 2024. Also DPO's own Plackett–Luce extension, Rafailov
     et al. 2023, App. A.3.) Written per completion, the denominator of i runs over i and the
     completions strictly worse than i; with distinct labels that is exactly the sum above,
     and with tied labels tied completions stay out of each other's denominators (module
-    docstring). K = 2 gives DPO's −log σ(β h) (METHODS A8). β = 0.1 is DPO's default (TRL); LiPO's
+    docstring). K = 2 gives DPO's −log σ(β h) (chapter 6). β = 0.1 is DPO's default (TRL); LiPO's
     own β was not checked. Shapes: inputs [B, K]; scalar loss.
     """
     logratios = list_logratios(policy_logps, ref_logps, scores)
@@ -122,7 +122,7 @@ def listnet_loss(
         L_softmax = − Σ_i p_i log softmax(s)_i,   p = softmax(ψ / T)              (eq-listnet-loss)
 
     (Cao et al. 2007, ListNet, top-one probabilities; LiPO's "Softmax" objective, Liu et al.
-    2024, METHODS.md §5.1, where the target form is UNVERIFIED.) `target="normalized"`
+    2024, whose target form we did not check against the paper.) `target="normalized"`
     uses p = ψ / Σψ instead (TF-Ranking's softmax loss; needs ψ ≥ 0 with Σψ > 0) and ignores T.
     T = `label_temperature` = 1 is our choice, not a paper value: labels on a wide scale
     want a larger T. At K = 2 this is conservative DPO, −(1 − ε) log σ(βh) − ε log σ(−βh),
@@ -154,7 +154,7 @@ def lambda_weights(scores: torch.Tensor, model_scores: torch.Tensor) -> torch.Te
     first step π_θ = π_ref makes every s equal, and these weights are then those of the
     ideal order (not of whatever order the list was stored in, which would break
     permutation invariance). Computed without gradient: ranks are piecewise constant, and
-    METHODS treats Δ as a constant.
+    we treat Δ as a constant.
     """
     with torch.no_grad():
         by_label = scores.argsort(dim=-1, descending=True, stable=True)
@@ -178,13 +178,13 @@ def lipo_lambda_loss(
         L_LiPO-λ = − Σ_{i,j: ψ_i > ψ_j} Δ_ij log σ(s_i − s_j),   s = β ρ             (eq-lipo-lambda-loss)
 
     with Δ from `lambda_weights` (Liu et al. 2024, "LiPO", the LiPO-λ objective, built on the
-    LambdaLoss of Wang et al. 2018; METHODS.md §5.1, which marks the gain and discount
-    UNVERIFIED; the paper's equation numbers were not checked). τ is the rank under the
+    LambdaLoss of Wang et al. 2018; the gain and discount are LambdaLoss's standard forms, not
+    checked against the LiPO paper, nor were its equation numbers). τ is the rank under the
     current s = βρ of the policy being trained; Δ is detached (no gradient flows through
     the ranks or the gains), so the gradient is Σ Δ_ij ∇[−log σ(s_i − s_j)]. The gain
     2^ψ − 1 makes the weights depend on the label scale: ψ in a few units (ranks, or
     scores in [0, 1]) keeps them moderate. At K = 2 it is DPO times the constant
-    Δ_12 = |G_1 − G_2| (1 − 1/log₂3) (METHODS A8). β = 0.1 as in DPO. Metrics add
+    Δ_12 = |G_1 − G_2| (1 − 1/log₂3) (chapter 6). β = 0.1 as in DPO. Metrics add
     "lambda_weight": the mean Δ over ordered pairs. Shapes: inputs [B, K]; scalar loss.
     """
     logratios = list_logratios(policy_logps, ref_logps, scores)
@@ -214,7 +214,7 @@ def pro_loss(
         L_PRO = Σ_{k=1}^{K−1} L_k + w (K − 1)² · (−ℓ_θ(y_1))                       (eq-pro-loss)
 
     (Song et al. 2024, "Preference Ranking Optimization for Human Alignment", AAAI, §3; its
-    equation numbers were not checked. METHODS.md §5.2, checked against DAMO-ConvAI
+    equation numbers were not checked. The form is checked against the authors' code, DAMO-ConvAI
     PRO/train/utils/process_manager.py
     `compute_loss`, where the SFT term uses the summed log-prob of the data's `sft_index`
     response; here that is the best-labelled one, tied best ones averaged.) No reference
@@ -224,7 +224,7 @@ def pro_loss(
     authors' loss (their 1e-10 inside the log aside); with ties, the "i > k" sets hold only
     strictly worse completions and a completion with none below it adds no term. K = 2, w = 0
     gives −log σ((r_1 − r_2)(s_1 − s_2)), a reference-free, length-normalised DPO with β = r_1 − r_2
-    (METHODS A9). w = sft_weight = 2 is the authors' default (PRO/train/utils/config.py).
+    (chapter 6). w = sft_weight = 2 is the authors' default (PRO/train/utils/config.py).
     Metrics add "nll_loss", the SFT term's −ℓ_θ(y_1) before weighting. Shapes: [B, K]; scalar.
     """
     logratios = list_logratios(policy_logps, ref_logps, scores)
@@ -307,4 +307,4 @@ LISTWISE_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, Metrics]]] = {
 """Name → loss; each takes (policy_logps, ref_logps, scores) of shape [B, K], beta=..., **kwargs."""
 
 LAMBDA_WEIGHT_K2 = 1.0 - 1.0 / math.log2(3.0)
-"""Δ_12 / |G_1 − G_2| at K = 2: the constant by which LiPO-λ and DPO differ (METHODS A8), ≈ 0.369."""
+"""Δ_12 / |G_1 − G_2| at K = 2: the constant by which LiPO-λ and DPO differ (chapter 6), ≈ 0.369."""

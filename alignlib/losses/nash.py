@@ -4,8 +4,8 @@ These methods target the Nash equilibrium of a general preference P(y ≻ y' | x
 instead of a Bradley–Terry reward. Every function is pure: it takes log-probabilities
 (sequence sums ℓ(y) = Σ_t m_t log π(y_t | x, y_<t), shape [B], or token log-probs
 [B, T] with a completion mask) and judge outputs (probabilities or estimated win rates
-in [0, 1], shape [B]) and returns (loss, metrics). Notation as in METHODS.md §0 and
-chapter 4; ρ(y) = ℓ_θ(y) − ℓ_ref(y) where "ref" is whatever the method regresses
+in [0, 1], shape [B]) and returns (loss, metrics). Notation as in the book's Notation page and
+chapter 5; ρ(y) = ℓ_θ(y) − ℓ_ref(y) where "ref" is whatever the method regresses
 against — for SPPO and DNO the previous iterate π_t, for Nash-MD the fixed π_ref.
 
 The online loop supplies what these need: samples from the policy (and, for Nash-MD,
@@ -56,7 +56,7 @@ def geometric_mixture_logits(policy_logits: torch.Tensor, ref_logits: torch.Tens
                              mixture_coef: float = 0.5) -> torch.Tensor:
     """Return next-token log-probs of the geometric mixture π^{1−c} π_ref^{c} / Z, same shape as the inputs.
 
-        log π_c(· | s) = log_softmax((1 − c) · z_θ + c · z_ref)                  (eq-nash-md-mixture)
+        log π_c(· | s) = log_softmax((1 − c) · z_θ + c · z_ref)                  (eq-ch5-mixture)
 
     (Munos et al. 2024, the "Nash-MD-PG" practical algorithm: the opponent samples token
     by token from the mixture; TRL `GeometricMixtureWrapper.forward`.) Logits are
@@ -82,7 +82,7 @@ def nash_md_policy_gradient_loss(
 
     For y ~ π_θ and y' ~ the geometric mixture, with p = P(y ≻ y' | x) from the judge:
 
-        L = β Σ_t sg(lp_θ,t − lp_ref,t) · lp_θ,t  −  (p − ½) · ℓ_θ(y)          (eq-nash-md-pg-loss)
+        L = β Σ_t sg(lp_θ,t − lp_ref,t) · lp_θ,t  −  (p − ½) · ℓ_θ(y)          (eq-ch5-nash-md-loss)
 
     a REINFORCE estimate of β KL(π_θ‖π_ref) minus the preference against the mixture,
     with ½ as baseline (Munos et al. 2024, Nash-MD-PG; verified against TRL 1.13
@@ -126,7 +126,7 @@ def sppo_loss(
     With ρ = ℓ_θ − ℓ_{π_t} against the previous iterate π_t and P̂ the estimated win rate
     P̂(y ≻ π_t) (see `estimated_win_rates`):
 
-        L_SPPO = ½ [ (ρ_w − (P̂_w − ½)/β)² + (ρ_l − (P̂_l − ½)/β)² ]              (eq-sppo-loss)
+        L_SPPO = ½ [ (ρ_w − (P̂_w − ½)/β)² + (ρ_l − (P̂_l − ½)/β)² ]              (eq-ch5-sppo-loss)
 
     (Wu et al. 2024, eq. 4.7/Algorithm 1 with η = 1/β; the ½ is the authors' code,
     uclaml/SPPO `sppo/trainer.py`, loss_type="sppo".) It regresses log π/π_t onto the
@@ -157,9 +157,9 @@ def sppo_group_loss(
     With ρ(y) = ℓ_θ(y) − ℓ_{π_t}(y) against the previous iterate and P̂(y ≻ π_t) its
     estimated win rate:
 
-        L = mean_y ( ρ(y) − η (P̂(y) − ½) )²                                    (eq-sppo-group-loss)
+        L = mean_y ( ρ(y) − η (P̂(y) − ½) )²                                    (eq-ch5-sppo-loss)
 
-    the same per-sample regression as (eq-sppo-loss) (Wu et al. 2024, eq. 4.7, η = 1/β),
+    the same per-sample regression as `sppo_loss` (Wu et al. 2024, eq. 4.7, η = 1/β),
     applied to all K samples of a prompt instead of its best and worst; on a batch laid
     out as chosen then rejected it equals `sppo_loss` with β = 1/η. Its minimiser is
     ρ = η(P̂ − ½), the multiplicative-weights step with log Z ≈ η/2. η = 1000 is the
@@ -195,10 +195,10 @@ def dno_loss(
     Pairs are two on-policy samples of π_t with win rates r(y) = P̂(y ≻ π_t); ρ is taken
     against π_t, h = ρ_w − ρ_l. A pair is kept when r_w − r_l ≥ `margin`; on kept pairs
 
-        L_DNO = −[ q log σ(β h) + (1 − q) log σ(−β h) ],  q = σ(r_w − r_l)      (eq-dno-loss)
+        L_DNO = −[ q log σ(β h) + (1 − q) log σ(−β h) ],  q = σ(r_w − r_l)      (eq-ch5-dno-loss)
 
     (Rosset et al. 2024, Algorithm 1: batched on-policy contrastive regression of the
-    implicit reward β ρ onto the win rate against π_t; form UNVERIFIED, METHODS 4.3.)
+    implicit reward β ρ onto the win rate against π_t; chapter 5. The exact form is not verified against the paper.)
     `hard_labels=True` sets q = 1, which is DNO-Prct (their Algorithm 2): DPO with the
     reference reset to π_t on margin-filtered pairs — with margin 0 exactly `dpo_loss`.
     Defaults: β = 0.1 (TRL's DPO default; the paper's value is unverified), margin 0.
@@ -236,9 +236,9 @@ def inpo_loss(
     On preference-labelled pairs (y_w ≻ y_l) of samples from π_t, with the log-ratio
     margins h_θ = ℓ_θ(y_w) − ℓ_θ(y_l), h_ref and h_t (same for π_ref and π_t):
 
-        L_INPO = ( h_θ − τη · h_ref − (1 − τη) · h_t − η/2 )²                   (eq-inpo-loss)
+        L_INPO = ( h_θ − τη · h_ref − (1 − τη) · h_t − η/2 )²                   (eq-ch5-inpo-loss)
 
-    (Zhang et al. 2025, ICLR; form UNVERIFIED, METHODS 4.4.) Its population minimiser
+    (Zhang et al. 2025, ICLR; chapter 5. The exact form is not verified against the paper.) Its population minimiser
     over labels y_w ≻ y_l drawn from P is the mirror-descent step
     π_{t+1} ∝ π_t^{1−τη} π_ref^{τη} exp(η P(y ≻ π_t)) (`nash_games.inpo_step`), without
     estimating any win rate. τη = 1 is IPO against π_ref with β = 1/η; τ = 0 is iterative

@@ -6,7 +6,7 @@ step on *fixed* data (sampled earlier from π_ref), with an importance weight:
     ∇J(θ) = E_{y∼π_ref}[ A_ref(x, y) · (π_θ(y|x) / π_ref(y|x)) · ∇ log π_θ(y|x) ],
     A_ref(x, y) = R(x, y) − V_ref(x),   V_ref(x) = E_{y∼π_ref}[R(x, y)].
 
-Two practical changes make it A-LoL (METHODS 3.11):
+Two practical changes make it A-LoL (chapter 3b, eq-alol):
   * rows with A ≤ 0 are dropped (A⁺ = max(0, A)): only "leftover" data better than the
     reference's average are learned from, and the negative-gradient terms that push
     probability mass onto unseen text disappear;

@@ -4,7 +4,7 @@ Every loss here is pure: it takes the log-probabilities ℓ(y) = Σ_t m_t log π
 of the chosen (y_w) and rejected (y_l) completions under the policy and the
 reference, shape [B] each, and returns (loss, metrics): the mean over the batch and
 TRL's reward metrics. Extra inputs a method needs (rewards, lengths, samples from
-π_ref) are keyword arguments. Notation (METHODS.md §0): ρ(y) = ℓ_θ(y) − ℓ_ref(y),
+π_ref) are keyword arguments. Notation (the book's Notation page): ρ(y) = ℓ_θ(y) − ℓ_ref(y),
 margin h = ρ(y_w) − ρ(y_l).
 
 Also here, because they belong to the same chapter: `apo_extrapolate` (APO's
@@ -94,9 +94,10 @@ def robust_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return robust DPO (mean over the batch) and TRL-named metrics.
 
-        L_rDPO = [ −(1 − ε) log σ(β h) + ε log σ(−β h) ] / (1 − 2ε)        (eq-robust-dpo-loss)
+        L_rDPO = [ −(1 − ε) log σ(β h) + ε log σ(−β h) ] / (1 − 2ε)
 
-    (Chowdhury et al. 2024, "Provably Robust DPO"; TRL loss_type="robust"). ε is
+    (Chowdhury et al. 2024, "Provably Robust DPO"; TRL loss_type="robust";
+    chapter 4 lists it among DPO's variants without an equation). ε is
     the assumed rate of flipped labels; unlike conservative DPO the ε term enters with a
     + sign, which makes the loss an unbiased estimate of the clean-label DPO loss.
     ε = 0 is DPO. The default ε = 0.1 is the noise level of the paper's experiments;
@@ -171,7 +172,7 @@ def f_divergence_score(logratio: torch.Tensor, divergence: str = "reverse_kl", a
         reverse_kl: ρ            forward_kl: −e^{−ρ}            js: log σ(ρ)
         alpha:      (e^{(α−1)ρ} − 1)/(α − 1), and ρ at α = 1 (its limit)
 
-    Constants of f' cancel in s(ρ_w) − s(ρ_l), so they are dropped (METHODS.md §3.3 table;
+    Constants of f' cancel in s(ρ_w) − s(ρ_l), so they are dropped (the scores of eq-fdpo-loss, chapter 4;
     TRL 1.16 keeps them: 1 − e^{−ρ}, log 2 + log σ(ρ)). α follows TRL 1.16's convention
     f'(u) = (u^{α−1} − 1)/(α − 1); the paper's α_old maps to α = 1 − α_old, and α = 0 is
     forward KL.
@@ -231,7 +232,7 @@ def rpo_loss(
 
         L_RPO = L_DPO + α · NLL(y_w)                                        (eq-rpo-loss)
 
-    (Liu et al. 2024, "Your SFT Loss is Implicitly an Adversarial Regularizer"; METHODS.md §3.4.)
+    (Liu et al. 2024, "Your SFT Loss is Implicitly an Adversarial Regularizer"; chapter 4.)
     Which NLL depends on `chosen_lengths` ([B], completion tokens of each y_w):
 
     * given: the token mean over the batch, NLL = −Σ_b ℓ_θ(y_w,b) / Σ_b |y_w,b|.
@@ -264,7 +265,7 @@ def xpo_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return XPO, online DPO plus an exploration bonus, and TRL-named metrics.
 
-        L_XPO = L_pref(h) + α · mean_b ℓ_θ(y'_b),   y' ~ π_ref               (eq-xpo-loss)
+        L_XPO = L_pref(h) + α · mean_b ℓ_θ(y'_b),   y' ~ π_ref               (eq-ch4b-xpo)
 
     (Xie et al. 2024, "Exploratory Preference Optimization", Alg. 1; TRL ≤ 1.13
     `XPOTrainer`.) Minimising ℓ_θ(y') lowers the policy's likelihood of what the
@@ -293,7 +294,7 @@ def selm_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return SELM's optimistic DPO loss and TRL-named metrics.
 
-        L_SELM = L_DPO + α β · mean_b [ ℓ_θ(y_ref) − ℓ_ref(y_ref) ]         (eq-selm-loss)
+        L_SELM = L_DPO + α β · mean_b [ ℓ_θ(y_ref) − ℓ_ref(y_ref) ]         (eq-ch4b-selm)
 
     (Zhang et al. 2024, "Self-Exploring Language Models"; `optimistic_dpo_loss`
     in shenao-zhang/SELM.) y_ref is a response of the reference (previous-iteration)
@@ -317,10 +318,11 @@ def sppo_hard_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return hard-label SPPO (mean over the batch) and TRL-named metrics.
 
-        L_SPPO-hard = (ρ_w − 1/(2β))² + (ρ_l + 1/(2β))²                (eq-sppo-hard-loss)
+        L_SPPO-hard = (ρ_w − 1/(2β))² + (ρ_l + 1/(2β))²
 
     (Wu et al. 2024, "Self-Play Preference Optimization", eq. 4.7 with win probability
-    1 for y_w and 0 for y_l; TRL loss_type="sppo_hard".) Minimised at ρ_w = 1/(2β),
+    1 for y_w and 0 for y_l; TRL loss_type="sppo_hard". With η = 1/β it is twice chapter 5's
+    (eq-ch5-sppo-loss) on the pair with hard win rates P̂_w = 1, P̂_l = 0.) Minimised at ρ_w = 1/(2β),
     ρ_l = −1/(2β): margin 1/β, twice IPO's. Shapes: inputs [B]; scalar loss.
     """
     chosen_logratio, rejected_logratio = log_ratios(policy_chosen_logps, policy_rejected_logps,
@@ -338,10 +340,11 @@ def nca_pair_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return pairwise NCA (mean over the batch) and TRL-named metrics.
 
-        L_NCA = −log σ(βρ_w) − ½ log σ(−βρ_w) − ½ log σ(−βρ_l)          (eq-nca-loss)
+        L_NCA = −log σ(βρ_w) − ½ log σ(−βρ_w) − ½ log σ(−βρ_l)
 
     (Chen et al. 2024, "Noise Contrastive Alignment", its K = 2 case; TRL
-    loss_type="nca_pair".) It scores each response's absolute reward β ρ, so unlike
+    loss_type="nca_pair"; chapter 4 lists it among DPO's variants without an equation.)
+    It scores each response's absolute reward β ρ, so unlike
     DPO it can keep ρ_w rising. Shapes: inputs [B]; scalar loss.
     """
     chosen_logratio, rejected_logratio = log_ratios(policy_chosen_logps, policy_rejected_logps,
@@ -360,10 +363,11 @@ def bco_pair_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return pairwise BCO (mean over the batch) and TRL-named metrics.
 
-        L_BCO-pair = −log σ(βρ_w) − log σ(−βρ_l)                        (eq-bco-pair-loss)
+        L_BCO-pair = −log σ(βρ_w) − log σ(−βρ_l)
 
     (Jung et al. 2024, "Binary Classifier Optimization", without its running reward
-    shift δ; TRL loss_type="bco_pair"; the referenced analogue of ASFT in METHODS.md §3.5.)
+    shift δ; TRL loss_type="bco_pair"; chapter 4 lists it among DPO's variants without an equation;
+    a close analogue of ASFT (`asft_loss`) that keeps π_ref.)
     Separable: each response is classified good/bad on its own. Shapes: inputs [B].
     """
     chosen_logratio, rejected_logratio = log_ratios(policy_chosen_logps, policy_rejected_logps,
@@ -382,11 +386,12 @@ def exo_pair_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return pairwise EXO (mean over the batch) and TRL-named metrics.
 
-        L_EXO = KL( q ‖ p ),  q = (σ(βh), σ(−βh)),  p = (1 − ε, ε)            (eq-exo-loss)
+        L_EXO = KL( q ‖ p ),  q = (σ(βh), σ(−βh)),  p = (1 − ε, ε)
               = σ(βh)[log σ(βh) − log(1 − ε)] + σ(−βh)[log σ(−βh) − log ε]
 
     (Ji et al. 2024, "Towards Efficient Exact Optimization of LM Alignment", eq. 16 for
-    K = 2; TRL loss_type="exo_pair" with label_smoothing = ε.) The reverse KL to the
+    K = 2; TRL loss_type="exo_pair" with label_smoothing = ε;
+    chapter 4 lists it among DPO's variants without an equation.) The reverse KL to the
     ε-smoothed label makes it mode-seeking, where DPO's forward KL is mean-seeking.
     ε must be in (0, 1): at ε = 0 the loss is infinite. ε = 1e-3 is the EXO paper's
     value. Shapes: inputs [B]; scalar loss.
@@ -411,10 +416,11 @@ def apo_zero_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return APO-zero (Anchored PO) and TRL-named metrics.
 
-        L_APO-zero = 1 − σ(βρ_w) + σ(βρ_l)                              (eq-apo-zero-loss)
+        L_APO-zero = 1 − σ(βρ_w) + σ(βρ_l)
 
     (D'Oosterlinck et al. 2024, "Anchored Preference Optimization", eq. 7; TRL
-    loss_type="apo_zero". Not the Accelerated PO of `apo_extrapolate`.) Use when y_w is
+    loss_type="apo_zero"; chapter 4 lists it among DPO's variants without an equation.
+    Not the Accelerated PO of `apo_extrapolate`.) Use when y_w is
     better than the model's own outputs: it raises ρ_w and lowers ρ_l. Shapes: inputs [B].
     """
     chosen_logratio, rejected_logratio = log_ratios(policy_chosen_logps, policy_rejected_logps,
@@ -432,9 +438,10 @@ def apo_down_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return APO-down (Anchored PO) and TRL-named metrics.
 
-        L_APO-down = σ(βρ_w) + 1 − σ(β h)                               (eq-apo-down-loss)
+        L_APO-down = σ(βρ_w) + 1 − σ(β h)
 
-    (D'Oosterlinck et al. 2024, eq. 8; TRL loss_type="apo_down".) Use when y_w is worse
+    (D'Oosterlinck et al. 2024, eq. 8; TRL loss_type="apo_down";
+    chapter 4 lists it among DPO's variants without an equation.) Use when y_w is worse
     than the model's own outputs: it lowers ρ_w, and ρ_l more. Shapes: inputs [B].
     """
     chosen_logratio, rejected_logratio = log_ratios(policy_chosen_logps, policy_rejected_logps,
@@ -461,13 +468,14 @@ def asft_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return ASFT (mean over the batch) and TRL-named metrics.
 
-        L_ASFT = −ℓ_θ(y_w) − λ [ log σ(β ℓ̄_θ(y_w)) + log σ(−β ℓ̄_θ(y_l)) ]      (eq-asft-loss)
+        L_ASFT = −ℓ_θ(y_w) − λ [ log σ(β ℓ̄_θ(y_w)) + log σ(−β ℓ̄_θ(y_l)) ]
 
     (Wang et al. 2024, "ASFT: Aligned Supervised Fine-Tuning through Absolute
-    Likelihood", arXiv 2409.10571; METHODS.md §3.5 best-known form, UNVERIFIED against
-    the paper.) SFT on y_w plus a per-response classification of absolute likelihoods:
+    Likelihood", arXiv 2409.10571. The best-known form, not checked against the paper or
+    the authors' code. The book has no equation for it; chapter 4's trade-off experiment trains it.)
+    SFT on y_w plus a per-response classification of absolute likelihoods:
     no π_ref, so `ref_*_logps` are used only for the reward metrics. ℓ̄ = ℓ / |y| when
-    the lengths [B] are given, else the log-probs as passed. β = 1 is METHODS' form (β
+    the lengths [B] are given, else the log-probs as passed. β = 1 is that form (β
     is the scale "The Differences Between DAAs are a Blur" adds); λ = 1 is a placeholder,
     not a paper value. Shapes: inputs [B]; scalar loss.
     """
@@ -490,10 +498,12 @@ def cpl_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return CPL (mean over the batch) and TRL-named metrics.
 
-        L_CPL = −log σ( β ℓ_θ(y_w) − λ β ℓ_θ(y_l) )                         (eq-cpl-loss)
+        L_CPL = −log σ( β ℓ_θ(y_w) − λ β ℓ_θ(y_l) )
 
     (Hejna et al. 2024, "Contrastive Preference Learning", with the conservative
-    bias λ of their `biased_bce_with_logits`; β is the paper's temperature α.) The
+    bias λ of their `biased_bce_with_logits`; β is the paper's temperature α.
+    The book has no equation for the loss: it follows from chapter 2's regret model
+    (eq-regret-model) with A* = β log π; chapter 4 trains it.) The
     advantage of a segment is β Σ_t log π, so CPL has no π_ref: `ref_*_logps` are used only
     for the reward metrics. λ = 1 is reference-free DPO. Defaults β = 0.1 (`alpha`) and
     λ = 0.5 (`contrastive_bias`) are jhejna/cpl's. Shapes: inputs [B]; scalar loss.
@@ -518,10 +528,11 @@ def copg_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return CoPG (mean over the batch) and TRL-named metrics.
 
-        L_CoPG = ( [R(y) − βρ(y)] − [R(y') − βρ(y')] )²                     (eq-copg-loss)
+        L_CoPG = ( [R(y) − βρ(y)] − [R(y') − βρ(y')] )²                     (eq-ch4b-copg)
 
-    (Flet-Berliac et al. 2024, "Contrastive Policy Gradient", arXiv 2406.19185; METHODS.md
-    §3.10 best-known form, constant factor UNVERIFIED: we use none, so that with
+    (Flet-Berliac et al. 2024, "Contrastive Policy Gradient", arXiv 2406.19185; chapter 4b.)
+    The best-known form; its constant factor was not checked against the
+    paper: we use none, so that with
     R(y) − R(y') = ½ it is exactly β² · L_IPO.) (y, y') need not be preference-ordered;
     "chosen"/"rejected" only name the two slots, with rewards [B] each. Its minimisers
     satisfy β ρ(y) − R(y) = const(x), i.e. π ∝ π_ref e^{R/β}. Shapes: inputs [B].
@@ -537,13 +548,14 @@ Tensors = torch.Tensor | dict[str, torch.Tensor]
 
 
 def apo_extrapolate(new: Tensors, old: Tensors, alpha: float) -> Tensors:
-    """Return APO's Nesterov extrapolation θ̂_{t+1} = θ_{t+1} + α (θ_{t+1} − θ_t).   (eq-apo-extrapolate)
+    """Return APO's Nesterov extrapolation θ̂_{t+1} = θ_{t+1} + α (θ_{t+1} − θ_t).
 
-    (He, Yuan & Gu 2024, "Accelerated Preference Optimization", Alg. 1.) `new`, `old`
+    (He, Yuan & Gu 2024, "Accelerated Preference Optimization", Alg. 1; chapter 4b states this
+    weight-space form in words under (eq-ch4b-apo), "What we implement".) `new`, `old`
     are iterates t+1 and t of iterative DPO: tensors or state dicts with equal keys.
     Non-floating entries (step counters, int buffers) are taken from `new`. α = 0
-    returns θ_{t+1}. Applied to sequence log-probs of the two iterates it gives METHODS.md
-    §3.8's log-space form (1+α) ℓ_{t+1} − α ℓ_t, a reference for the next round whose
+    returns θ_{t+1}. Applied to sequence log-probs of the two iterates it gives the
+    log-space form (1+α) ℓ_{t+1} − α ℓ_t of chapter 4b (eq-ch4b-apo), a reference for the next round whose
     normaliser log Z cancels in h. α has no default: the paper's value is UNVERIFIED.
     """
     if isinstance(new, torch.Tensor):
@@ -655,8 +667,8 @@ def t_reg_loss(
 ) -> tuple[torch.Tensor, Metrics]:
     """Return T-REG (DPO + α × a token-weighted DPO term; mean over the batch) and TRL-named metrics.
 
-    Our reading of Zhou et al. (2024), whose exact form we could not check
-    (METHODS.md §3.13, UNVERIFIED). With per-token log-ratios
+    Our reading of Zhou et al. (2024), whose exact form we could not check against the
+    paper or the authors' code (chapter 4). With per-token log-ratios
     ρ_t(y) = log π_θ(y_t | x, y_<t) − log π_ref(y_t | x, y_<t) and token rewards r_t:
 
         w_t(y_w) = n_w · softmax_t( r_t / τ),   w_t(y_l) = n_l · softmax_t(−r_t / τ)   (eq-treg-weights)

@@ -13,7 +13,7 @@ Sequence-level tensors are [B]. Grouped tensors hold k samples per prompt,
 prompt-major and contiguous: rows [g·k, (g+1)·k) belong to prompt g (TRL's
 `view(-1, num_generations)` layout).
 
-Log-ratio convention (METHODS 2.1): log r_t = lp_ref[t] − lp_θ[t], i.e.
+Log-ratio convention (TRL's PPO trainer): log r_t = lp_ref[t] − lp_θ[t], i.e.
 r = π_ref/π_θ evaluated on a token sampled from π_θ.
 """
 
@@ -47,13 +47,14 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
 
 
 def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """Return masked-whitened values [B, T]: (x − μ)/√(σ² + eps), zero on padding.      (eq-whiten)
+    """Return masked-whitened values [B, T]: (x − μ)/√(σ² + eps), zero on padding.
 
+    (Chapter 3 describes it in words, under (eq-ppo-clip) and in its ablation.)
     μ, σ² are the masked mean and unbiased variance over the whole batch. With
     `shift_mean=False` the mean is added back, (x − μ)/σ + μ: only the spread is
     rescaled. That is TRL's `masked_whiten(..., shift_mean=False)`, used on the
-    token rewards when `whiten_rewards=True` (METHODS 2.1 "without re-centering");
-    advantages are whitened with the shift (METHODS 2.1, PPO-max 2.2).
+    token rewards when `whiten_rewards=True` (divided by the std, not re-centred);
+    advantages are whitened with the shift (TRL's PPO trainer; PPO-max, Zheng et al. 2023).
     """
     mean, var = masked_mean(values, mask), masked_var(values, mask)
     out = (values - mean) * torch.rsqrt(var + eps)
@@ -68,16 +69,17 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
-    """Return a per-token estimate of KL(π_θ ‖ π_ref), same shape as the inputs.    (eq-kl-estimators)
+    """Return a per-token estimate of KL(π_θ ‖ π_ref), same shape as the inputs.
 
     With log r = lp_ref − lp_θ (r = π_ref/π_θ on a token sampled from π_θ),
-    Schulman's estimators ("Approximating KL divergence", 2020) are
+    Schulman's estimators ("Approximating KL divergence", 2020; chapter 3: k1 is kl_t of
+    (eq-ppo-reward), and k3 is given in words beside it) are
 
         k1 = −log r                 unbiased, can be negative per token
         k2 = ½ (log r)²             biased, low variance, ≥ 0
         k3 = (r − 1) − log r        unbiased, ≥ 0 (since e^u ≥ 1 + u)
 
-    k1 is TRL's PPO default (`kl_estimator="k1"`, METHODS 2.1); k3 is what
+    k1 is TRL's PPO default (`kl_estimator="k1"` in its PPOConfig); k3 is what
     GRPOTrainer puts in its loss. Padding is not masked here: multiply by the mask.
     """
     log_r = ref_logprobs - logprobs
@@ -115,8 +117,8 @@ def token_rewards(
 
     `logprobs` are the rollout (old) policy's, `scores` [B] the reward model's;
     t_end is the last token with m_t = 1. Default β = 0.05, k1: TRL's PPOConfig
-    (METHODS 2.1 §3). Summed over t with k1 this telescopes to score − β·ρ_old(y),
-    the bandit form (METHODS 2.1 check d).
+    defaults. Summed over t with k1 this telescopes to score − β·ρ_old(y),
+    the sequence-level penalty of the bandit form.
     """
     if scores.shape != mask.shape[:1]:
         raise ValueError(f"scores must be [B]={tuple(mask.shape[:1])}, got {tuple(scores.shape)}")
@@ -129,7 +131,7 @@ def token_rewards(
 
 
 class RunningMeanStd:
-    """Running mean and std of a scalar stream (PPO-max reward scaling, METHODS 2.2).
+    """Running mean and std of a scalar stream (PPO-max reward scaling; Zheng et al. 2023, MOSS-RLHF).
 
     Merges batches with Chan et al.'s parallel update, so the result equals the
     mean and (Bessel-corrected) std of everything seen so far. `state_dict`
@@ -137,7 +139,7 @@ class RunningMeanStd:
     """
 
     def __init__(self, eps: float = 1e-8):
-        self.eps = eps  # guards the std of a constant stream (METHODS 2.2 check)
+        self.eps = eps  # guards the std of a constant stream (which is 0)
         self.mean, self.m2, self.count = 0.0, 0.0, 0
 
     @property
@@ -170,7 +172,7 @@ class RunningMeanStd:
 
 
 def clip_rewards(scores: torch.Tensor, reward_clip: float = 10.0) -> torch.Tensor:
-    """Return clamp(scores, −c, c); c = 10 is MOSS-RLHF's `reward_clip` (METHODS 2.2)."""
+    """Return clamp(scores, −c, c); c = 10 is MOSS-RLHF's `reward_clip` (PPO-max, Zheng et al. 2023)."""
     return scores.clamp(-reward_clip, reward_clip)
 
 
@@ -187,7 +189,7 @@ def gae(
     with V = 0 after the last real token (Schulman et al. 2016, eq. 16). The
     mask must be right-padded; rewards and values on padding are treated as 0,
     and both outputs are 0 there. γ = 1, λ = 0.95 are TRL's PPOConfig defaults.
-    Advantages are returned raw: whiten them with `whiten` (METHODS 2.1).
+    Advantages are returned raw: whiten them with `whiten` (as TRL's PPO trainer does).
     """
     if bool((mask[:, 1:] > mask[:, :-1]).any()):
         raise ValueError("gae needs right-padded masks (1…1 0…0); got a 0 followed by a 1")

@@ -11,18 +11,19 @@ The gold judge prefers styles like rock–paper–scissors: plain ≻ poetic ≻
 each with probability `style_win`. Its preference mixes that style game with a
 Bradley–Terry term on quality q (the transitive part):
 
-    P(a ≻ b | x) = w · M[s(a), s(b)] + (1 − w) · σ((q(a) − q(b)) / T)        (eq-intransitive-preference)
-    q(x, y)      = 1 − u − 0.5 · d − 0.5 · o                                 (eq-intransitive-quality)
+    P(a ≻ b | x) = w · M[s(a), s(b)] + (1 − w) · σ((q(a) − q(b)) / T)
+    q(x, y)      = 1 − u − 0.5 · d − 0.5 · o
 
 with s(y) the style (`style_of`), M the style matrix, u the fraction of sentences the
-grammar rejects, d the repeated sentences, o the sentences about another place. A
-response mixing styles, or with none, has the extra style "none", which loses to every
+grammar rejects, d the repeated sentences, o the sentences about another place. Chapter 5
+("The intransitive world", under "The preference game") states P; the book gives no formula for q.
+A response mixing styles, or with none, has the extra style "none", which loses to every
 style with probability `style_win` and ties with itself. Because the style game has a
 strict cycle, no scalar reward r gives P(a ≻ b) = σ(r(a) − r(b)): Bradley–Terry methods
 can only pick a corner of the cycle, where they are exploited.
 
 `gold_reward` is the quality q alone (the only part a scalar can express); the gold
-preference oracle, `prefer` and `gold_verdict` use the full (eq-intransitive-preference).
+preference oracle, `prefer` and `gold_verdict` use the full preference P above.
 The SFT corpus is skewed towards the plain style, so the SFT policy is exploitable.
 """
 
@@ -61,7 +62,7 @@ STYLE_WORDS = (
 )
 
 SFT_STYLE_MIX = (0.7, 0.2, 0.1)   # skewed: the SFT policy's best response (playful) wins often
-STYLE_WEIGHT = 0.75               # w in (eq-intransitive-preference)
+STYLE_WEIGHT = 0.75               # w in the preference P (module docstring)
 STYLE_WIN = 0.9                   # P(style i ≻ style i+1 mod 3)
 REPETITION_PENALTY = 0.5
 OFF_TOPIC_PENALTY = 0.5
@@ -186,7 +187,7 @@ class IntransitiveWorld(World):
 
     # ------------------------------------------------------- gold judgement
     def score(self, prompt: str, response: str) -> dict[str, float]:
-        """Return the quality q of (eq-intransitive-quality), its parts, and the style class."""
+        """Return the quality q of the module docstring, its parts, and the style class."""
         topic = prompt_topic(prompt)
         style = style_of(response)
         style_class = len(STYLES) if style is None else style
@@ -216,7 +217,7 @@ class IntransitiveWorld(World):
     def preference_probability(
         self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
     ) -> list[float]:
-        """Return P(a ≻ b | x) of (eq-intransitive-preference); an error if any value leaves [0, 1]."""
+        """Return P(a ≻ b | x) of the module docstring; an error if any value leaves [0, 1]."""
         if not len(prompts) == len(responses_a) == len(responses_b):
             raise ValueError(f"got {len(prompts)} prompts, {len(responses_a)} and {len(responses_b)} responses")
         w, t = self.style_weight, self.oracle_temperature
