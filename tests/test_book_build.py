@@ -85,8 +85,9 @@ def test_pages_exist(built_book: Path):
 
 def test_no_progress_bars_or_stderr_on_the_pages(built_book: Path):
     """Chapter pages show printed results and figures, not progress-bar refreshes or warnings (stderr)."""
-    noisy = [p.name for p in sorted((built_book / "chapters").glob("*.html"))
-             if 'class="output stderr' in (text := p.read_text(encoding="utf-8")) or re.search(r"\d(it/s|s/it)\]", text)]
+    pages = {p.name: p.read_text(encoding="utf-8") for p in sorted((built_book / "chapters").glob("*.html"))}
+    noisy = [name for name, text in pages.items()
+             if 'class="output stderr' in text or re.search(r"\d(it/s|s/it)\]", text)]
     assert not noisy, f"pages with stderr output or progress bars: {noisy} (see nb_output_stderr in _config.yml)"
 
 
@@ -225,8 +226,8 @@ PLOTTED_IMAGE = re.compile(r'<img[^>]*alt="([^"]*)"[^>]*src="([^"]*_images/[^"]+
 
 
 def test_every_chapter_shows_captioned_figures(built_book: Path):
-    """Every chapter has at least one figure; every plotted image is a numbered figure with a caption and
-    an alt text that describes it (not its file name)."""
+    """Every chapter has at least one figure; every plotted image is a figure numbered within its chapter
+    (Fig. 4.1, 4.2, ...) with a caption and an alt text that describes it (not its file name)."""
     problems = []
     for page in sorted((built_book / "chapters").glob("*.html")):
         html = page.read_text(encoding="utf-8")
@@ -240,6 +241,12 @@ def test_every_chapter_shows_captioned_figures(built_book: Path):
                 in_figures.add(src)
                 if "_images/" in alt or alt.endswith(".png") or len(alt) < 10:
                     problems.append(f"{page.name}: figure {name} has alt text {alt!r}; describe the plot")
+        chapter = re.match(r"0*(\d+[a-z]?)_", page.name).group(1)
+        numbers = re.findall(r'class="caption-number">Fig\. ([^<]*?)\s*</span>', html)
+        expected = [f"{chapter}.{i}" for i in range(1, len(numbers) + 1)]
+        if numbers != expected:
+            problems.append(f"{page.name}: figures numbered {numbers}, expected {expected} "
+                            "(see book/_ext/chapter_figure_numbers.py)")
         plotted = PLOTTED_IMAGE.findall(html)
         if not plotted:
             problems.append(f"{page.name}: no figure at all")
