@@ -39,15 +39,12 @@ INTERNAL_NOTES = re.compile(r"METHODS(?:\.md\b|\s*§|\s+\d|\s+ch\.|\s+A\d)")
 
 
 def _sources_with_lines():
-    paths = [*sorted((ROOT / "alignlib").rglob("*.py")), *sorted((ROOT / "book").glob("*.md")),
-             *sorted((ROOT / "chapters").glob("*.md")), ROOT / "README.md"]
+    """The book's texts (as _texts) plus the library's source, chapters/*.md and the README."""
+    paths = [*sorted((ROOT / "alignlib").rglob("*.py")), *sorted((ROOT / "chapters").glob("*.md")), ROOT / "README.md"]
     for path in paths:
         if path.exists():
             yield path.relative_to(ROOT).as_posix(), path.read_text(encoding="utf-8")
-    for path in sorted((ROOT / "chapters").glob("*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        for i, cell in enumerate(nb.cells):
-            yield f"{path.relative_to(ROOT).as_posix()} cell {i} ({cell.cell_type})", cell.source
+    yield from _texts()
 
 
 def test_no_pointers_to_the_internal_methods_notes():
