@@ -122,7 +122,7 @@ class MixtureFit:
     """Result of `em_mixture`."""
 
     thetas: np.ndarray            # [U, D] group reward models
-    mixing: np.ndarray            # [U] group shares π_u
+    mixing: np.ndarray            # [U] group shares w_u
     responsibilities: np.ndarray  # [H, U] posterior P(u | annotator h's pairs)
     annotators: list              # the annotator ids, in the order of the rows of `responsibilities`
     objective: list[float] = field(default_factory=list)  # penalised log-likelihood after each iteration
@@ -144,9 +144,17 @@ def annotator_logliks(thetas: np.ndarray, diffs: np.ndarray, owner: np.ndarray, 
     return out
 
 
+def responsibilities(thetas: np.ndarray, mixing: np.ndarray, diffs: np.ndarray, owner: np.ndarray,
+                     n_annotators: int) -> np.ndarray:
+    """Return γ[h, u] ∝ w_u Π_{i∈D_h} σ(θ_uᵀΔ_i), each row summing to 1 (eq-em-estep); no pairs gives γ = w."""
+    ll = annotator_logliks(thetas, diffs, owner, n_annotators) + np.log(mixing)[None, :]
+    resp = np.exp(ll - ll.max(1, keepdims=True))
+    return resp / resp.sum(1, keepdims=True)
+
+
 def mixture_objective(thetas: np.ndarray, mixing: np.ndarray, diffs: np.ndarray, owner: np.ndarray,
                       n_annotators: int, l2: float) -> float:
-    """Return Σ_h log Σ_u π_u Π_{i∈D_h} σ(θ_uᵀΔ_i) − (l2/2) Σ_u ‖θ_u‖²: the penalised mixture likelihood (eq-em-objective)."""
+    """Return Σ_h log Σ_u w_u Π_{i∈D_h} σ(θ_uᵀΔ_i) − (l2/2) Σ_u ‖θ_u‖²: the penalised mixture likelihood (eq-em-objective)."""
     ll = annotator_logliks(thetas, diffs, owner, n_annotators) + np.log(mixing)[None, :]
     top = ll.max(1, keepdims=True)
     marginal = (top[:, 0] + np.log(np.exp(ll - top).sum(1))).sum()
@@ -157,8 +165,8 @@ def em_mixture(world, rows: Sequence[dict], n_groups: int = 2, iterations: int =
                hard: bool = False, restarts: int = 3, tol: float = 1e-6) -> MixtureFit:
     """Fit a mixture of `n_groups` BT reward models to pooled rows with an `annotator` column, by EM.
 
-    E-step (eq-em-estep): γ_hu ∝ π_u Π_{i∈D_h} σ(θ_uᵀΔ_i) (hard: one-hot at the argmax).
-    M-step (eq-em-mstep): π_u = mean_h γ_hu; θ_u = `fit_bt` with pair weights γ_{h(i)u}.
+    E-step (eq-em-estep): γ_hu ∝ w_u Π_{i∈D_h} σ(θ_uᵀΔ_i) (hard: one-hot at the argmax).
+    M-step (eq-em-mstep): w_u = mean_h γ_hu; θ_u = `fit_bt` with pair weights γ_{h(i)u}.
     Soft EM with an exact M-step never lowers `mixture_objective`; the best of `restarts`
     random initialisations (by the objective) is returned. The `group` column is never read.
     """
@@ -187,12 +195,9 @@ def em_mixture(world, rows: Sequence[dict], n_groups: int = 2, iterations: int =
             thetas = np.stack([fit_bt(diffs, resp[owner, u], l2=l2, theta0=thetas[u]) for u in range(n_groups)])
             history.append(mixture_objective(thetas, mixing, diffs, owner, n, l2))
             # E-step
-            ll = annotator_logliks(thetas, diffs, owner, n) + np.log(mixing)[None, :]
+            resp = responsibilities(thetas, mixing, diffs, owner, n)
             if hard:
-                resp = np.eye(n_groups)[ll.argmax(1)]
-            else:
-                resp = np.exp(ll - ll.max(1, keepdims=True))
-                resp /= resp.sum(1, keepdims=True)
+                resp = np.eye(n_groups)[resp.argmax(1)]
             if len(history) > 1 and abs(history[-1] - history[-2]) < tol:
                 break
         fit = MixtureFit(thetas, mixing, resp, annotators, history)

@@ -37,11 +37,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .diverse import (
-    annotator_logliks,
     assignment_accuracy,
     em_mixture,
     fit_bt,
     pair_differences,
+    responsibilities,
     style_features,
     true_groups,
 )
@@ -327,16 +327,11 @@ def bt_margins(theta: np.ndarray, context: UserPairs, k: int, queries: QueryPair
 def em_margins(mix, context: UserPairs, k: int, queries: QueryPairs) -> np.ndarray:
     """Return P(a ≻ b | user) − ½, [U, Q], under the EM mixture with each user's responsibilities from k pairs.
 
-    γ_hu ∝ π_u Π_{i ≤ k} σ(θ_uᵀΔ_i) (eq-em-estep, via `annotator_logliks`); k = 0 gives γ = π.
+    γ_hu ∝ w_u Π_{i ≤ k} σ(θ_uᵀΔ_i) (eq-em-estep, `diverse.responsibilities`); k = 0 gives γ = w.
     """
     users = len(context.annotators)
-    log_post = np.tile(np.log(mix.mixing), (users, 1))
-    if k > 0:
-        diffs = (context.chosen[:, :k] - context.rejected[:, :k]).reshape(-1, context.chosen.shape[-1]).numpy()
-        owner = np.repeat(np.arange(users), k)
-        log_post = log_post + annotator_logliks(mix.thetas, diffs.astype(float), owner, users)
-    gamma = np.exp(log_post - log_post.max(1, keepdims=True))
-    gamma /= gamma.sum(1, keepdims=True)
+    diffs = (context.chosen[:, :k] - context.rejected[:, :k]).reshape(-1, context.chosen.shape[-1]).numpy()
+    gamma = responsibilities(mix.thetas, mix.mixing, diffs.astype(float), np.repeat(np.arange(users), k), users)
     dq = queries.features_a - queries.features_b
     p = 1.0 / (1.0 + np.exp(-(dq @ mix.thetas.T)))  # [Q, U_groups]
     return gamma @ p.T - 0.5
